@@ -1,0 +1,348 @@
+"""FleetConfig, and loading it: defaults < TOML file < OLLAMA_FLEET_* env < CLI flags."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from ollama_fleet.errors import BadInput
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Ubuntu 22.04 ships Python 3.10
+    import tomli as tomllib
+
+CONFIG_FILE_NAME = "ollama-fleet.toml"
+ENV_PREFIX = "OLLAMA_FLEET_"
+
+# Variables the fleet sets on every instance itself, and the setting that controls each.
+RESERVED_ENV = {
+    "CUDA_VISIBLE_DEVICES": "gpus",
+    "OLLAMA_HOST": "base_port",
+    "OLLAMA_MODELS": "models_dir",
+    "OLLAMA_KEEP_ALIVE": "keep_alive",
+    "OLLAMA_NOPRUNE": "none: the fleet always sets OLLAMA_NOPRUNE=1 so a restart never deletes a pull",
+}
+
+# Go's time.ParseDuration grammar ("1h30m", "15s", "-1m") or whole seconds ("3600", "-1"):
+# exactly what Ollama accepts for OLLAMA_KEEP_ALIVE (envconfig.KeepAlive).
+_GO_DURATION = re.compile(r"[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+|[-+]?\d+")
+_ENV_KEY = re.compile(r"[A-Z_][A-Z0-9_]*")
+_GPU_ID = re.compile(r"\d+|(GPU|MIG)-[0-9A-Za-z-]+")
+_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}")
+_SIZE = re.compile(r"\d+[kKmMgG]?")
+# Characters that would let a value escape its place in an nginx, HAProxy or systemd file.
+_UNSAFE = re.compile(r"[\s;{}\"'#$\\`]")
+
+
+def _safe_path(value: Path) -> Path:
+    if _UNSAFE.search(str(value)) or not str(value):
+        raise ValueError("paths may not contain whitespace, quotes or any of ; { } # $ \\ `")
+    return value
+
+
+def _network(value: Any) -> Any:
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return value
+    try:
+        # strict=False: "192.168.1.7/24" means the /24 it lies in, as nginx reads it.
+        return ipaddress.ip_network(str(value).strip(), strict=False)
+    except ValueError:
+        raise ValueError("not a valid IP network") from None
+
+
+def _keep_alive(value: str) -> str:
+    if not _GO_DURATION.fullmatch(value):
+        raise ValueError("not a Go duration (15s, 5m, 1h30m) or whole seconds (3600, -1 for forever)")
+    return value
+
+
+def _model(value: str) -> str:
+    if not _MODEL.fullmatch(value):
+        raise ValueError("not a valid model name")
+    return value
+
+
+def _env_pairs(value: Any) -> Any:
+    """`KEY=VALUE` pairs (flags, comma-separated variable) as a table; tables pass through."""
+    if not isinstance(value, (str, list, tuple)):
+        return value
+    result = {}
+    for pair in _split(value) if isinstance(value, str) else value:
+        key, sep, val = str(pair).partition("=")
+        if not sep:
+            raise ValueError(f"{pair!r} is not KEY=VALUE")
+        result[key] = val
+    return result
+
+
+def _split(value: Any) -> Any:
+    """Lists in environment variables and flags are comma-separated."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+SafePath = Annotated[Path, AfterValidator(_safe_path)]
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
+Model = Annotated[str, AfterValidator(_model)]
+
+
+class Listen(BaseModel):
+    """Where the gateway listens: `[HOST:]PORT`, `[::]:PORT` for IPv6."""
+
+    model_config = ConfigDict(frozen=True)
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _listen(value: Any) -> Any:
+    if isinstance(value, (Listen, dict)):
+        return value
+    text = str(value).strip()
+    match = re.fullmatch(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]:|(?P<v4>[0-9.]+):)?(?P<port>\d+)", text)
+    if not match:
+        raise ValueError("expected [HOST:]PORT, e.g. 8080, 127.0.0.1:8080 or [::]:8080")
+    host = match["v6"] or match["v4"] or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    port = int(match["port"])
+    if not 1 <= port <= 65535:
+        raise ValueError("port must be between 1 and 65535")
+    return {"host": host, "port": port}
+
+
+class FleetConfig(BaseModel):
+    """Every setting of DESIGN.md §3 that the fleet uses so far."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpus: Literal["all"] | tuple[str, ...] = Field(
+        "all", description="GPUs to use: `all`, indices `0,1,3` or UUIDs `GPU-...,MIG-...`"
+    )
+    gpus_per_instance: int = Field(1, ge=1, le=64, description="GPUs per `ollama serve` (2 for a 70B over two cards)")
+    base_port: int = Field(11534, ge=1, le=65535, description="port of the first instance; the k-th gets base_port + k")
+    models_dir: SafePath | None = Field(
+        None,
+        description="models dir shared by all instances (default /usr/share/ollama/.ollama/models if it exists, else ~/.ollama/models)",
+    )
+    keep_alive: Annotated[str, AfterValidator(_keep_alive)] = Field(
+        "5m", description="OLLAMA_KEEP_ALIVE: Go duration or whole seconds; negative keeps models loaded forever"
+    )
+    ollama_bin: SafePath = Field(Path("ollama"), description="the ollama executable (looked up on PATH)")
+    user: str | None = Field(
+        None, description="user the instances run as when started by root (default: owner of the models dir)"
+    )
+    state_dir: SafePath | None = Field(
+        None, description="state, logs and gateway files (default /var/lib/ollama-fleet as root, else $XDG_STATE_HOME/ollama-fleet)"
+    )
+    wait_timeout: float = Field(60, gt=0, le=3600, description="seconds `up` waits for each instance to answer")
+    preload: tuple[Model, ...] = Field((), description="models to load on every instance after start (repeatable)")
+    env: dict[str, str] = Field({}, description="extra environment for every instance, `KEY=VALUE` (repeatable)")
+    gateway: bool = Field(True, description="start the nginx gateway with `up` (`--no-gateway` skips it)")
+    listen: Annotated[Listen, BeforeValidator(_listen)] = Field(
+        Listen(host="0.0.0.0", port=8080), description="where the gateway listens: [HOST:]PORT, [::]:PORT for IPv6"
+    )
+    allow: tuple[Network, ...] = Field(
+        (), description="client networks allowed through the gateway, besides 127.0.0.1 and ::1 (repeatable)"
+    )
+    api_keys_file: SafePath | None = Field(None, description="file of bearer API keys, one per line, `#` comments")
+    balance: Literal["least_conn", "round_robin", "random"] = Field(
+        "least_conn", description="gateway balancing; random = power of two choices with least_conn"
+    )
+    read_timeout: int = Field(600, ge=1, le=86400, description="seconds the gateway waits on a silent instance")
+    max_body_size: str = Field("100m", description="largest request body the gateway accepts (nginx size: 100m, 1g)")
+    tls_cert: SafePath | None = Field(None, description="TLS certificate for the gateway (with tls_key)")
+    tls_key: SafePath | None = Field(
+        None, validate_default=True, description="TLS private key for the gateway (with tls_cert)"
+    )
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpus(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() == "all":
+            return "all"
+        items = [str(item) for item in (_split(value) if not isinstance(value, int) else [value])]
+        if not items:
+            raise ValueError("empty: give `all`, indices like 0,1 or GPU UUIDs")
+        for item in items:
+            if not _GPU_ID.fullmatch(item):
+                raise ValueError(f"{item!r} is neither a GPU index nor a GPU-/MIG- UUID")
+        if len(set(items)) != len(items):
+            raise ValueError("lists a GPU twice")
+        return tuple(items)
+
+    @field_validator("preload", "allow", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("env")
+    @classmethod
+    def _env_items(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not _ENV_KEY.fullmatch(key):
+                raise ValueError(f"{key!r} is not a variable name ([A-Z_][A-Z0-9_]*)")
+            if key in RESERVED_ENV:
+                raise ValueError(f"{key} is set by the fleet; use the setting {RESERVED_ENV[key]}")
+            if "\n" in val or "\r" in val or "\0" in val:
+                raise ValueError(f"the value of {key} contains a newline or NUL")
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        if value is not None and not _USER.fullmatch(value):
+            raise ValueError("not a valid user name")
+        return value
+
+    @field_validator("max_body_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if not _SIZE.fullmatch(value):
+            raise ValueError("expected a size such as 100m, 512k or 1g")
+        return value
+
+    @field_validator("tls_key")
+    @classmethod
+    def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if "tls_cert" in info.data and (info.data["tls_cert"] is None) != (value is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        return value
+
+
+# ---------------------------------------------------------------- loading
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/ollama-fleet")
+    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "ollama-fleet"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise BadInput(f"config: {path}: no such file") from None
+    except OSError as exc:
+        raise BadInput(f"config: {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"config: {path}: TOML syntax error: {exc}") from None
+
+
+def config_file(flag: Path | None, environ: Mapping[str, str], cwd: Path) -> Path | None:
+    """`--config PATH`, else ./ollama-fleet.toml if present, else $OLLAMA_FLEET_CONFIG."""
+    if flag is not None:
+        return flag
+    local = cwd / CONFIG_FILE_NAME
+    if local.is_file():
+        return local
+    from_env = environ.get(ENV_PREFIX + "CONFIG")
+    return Path(from_env) if from_env else None
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> FleetConfig:
+    """Merge the layers and validate once; every bad field becomes one line of a BadInput."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+
+    def layer(values: Mapping[str, Any], label: Any) -> None:
+        for key, value in values.items():
+            source = label(key) if callable(label) else label
+            if key == "env":
+                try:
+                    value = _env_pairs(value)
+                except ValueError as exc:
+                    raise BadInput(f"env: {exc} [from {source}]") from None
+                if isinstance(merged.get("env"), dict) and isinstance(value, dict):
+                    value = {**merged["env"], **value}  # env tables add up: a later layer wins per key
+            merged[key] = value
+            origin[key] = source
+
+    path = config_file(config_path, environ, cwd or Path.cwd())
+    if path is not None:
+        layer(_read_toml(path), str(path))
+    layer(
+        {
+            name: environ[ENV_PREFIX + name.upper()]
+            for name in FleetConfig.model_fields
+            if ENV_PREFIX + name.upper() in environ
+        },
+        lambda key: ENV_PREFIX + key.upper(),
+    )
+    layer({k: v for k, v in (flags or {}).items() if v is not None}, lambda key: "--" + key.replace("_", "-"))
+
+    try:
+        config = FleetConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise BadInput([_error_line(error, origin) for error in exc.errors()]) from None
+    if config.state_dir is None:
+        config = config.model_copy(update={"state_dir": default_state_dir(environ)})
+    return config
+
+
+def _error_line(error: Mapping[str, Any], origin: Mapping[str, str]) -> str:
+    loc = error["loc"]
+    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    # Only the first location part names a setting; unions add a type name we drop.
+    field = re.sub(r"\.(function-after|function-before|literal|tuple|str|int|lax-or-strict)\[[^\]]*\]", "", field)
+    field = field or "config"
+    if error["type"] == "extra_forbidden":
+        message = "unknown setting"
+    else:
+        message = re.sub(r"^(Value|Assertion) error, ", "", error["msg"])
+    given = error.get("input")
+    if isinstance(given, (str, int, float)) and error["type"] != "extra_forbidden" and loc:
+        message += f" (got {str(given)[:60]!r})"
+    source = origin.get(str(loc[0])) if loc else None
+    return f"{field}: {message}" + (f" [from {source}]" if source else "")
+
+
+def reference_table() -> str:
+    """The README's settings reference, generated from FleetConfig (a test keeps them equal)."""
+    rows = ["| setting (TOML key) | flag | environment variable | default | meaning |", "|---|---|---|---|---|"]
+    for name, field in FleetConfig.model_fields.items():
+        default = field.get_default()
+        if isinstance(default, Listen):
+            default = str(default)
+        elif isinstance(default, (tuple, dict)):
+            default = default or "none"
+        elif isinstance(default, bool):
+            default = str(default).lower()
+        default = "see meaning" if default is None else f"`{default}`"
+        flag = "--no-gateway" if name == "gateway" else "--" + name.replace("_", "-")
+        rows.append(
+            f"| `{name}` | `{flag}` | `{ENV_PREFIX}{name.upper()}` | {default} | {field.description} |"
+        )
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,147 @@
+"""The instance plan: which `ollama serve` runs on which GPUs, on which port, with which env.
+
+`plan()` is pure. The only I/O around it, looking at the models dir, is `inspect_models_dir()`.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from ollama_fleet.config import FleetConfig
+from ollama_fleet.errors import BadInput
+from ollama_fleet.gpus import Discovery, Gpu
+
+OFFICIAL_MODELS_DIR = Path("/usr/share/ollama/.ollama/models")  # the official installer's `ollama` user
+LOOPBACK = "127.0.0.1"
+
+
+class GpuRef(BaseModel):
+    """A GPU as an instance is pinned to it."""
+
+    model_config = ConfigDict(frozen=True)
+    index: int
+    uuid: str | None
+    mig: int | None = None
+
+
+class Instance(BaseModel):
+    """One `ollama serve`: its GPUs, address, the environment the fleet sets, its log file."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    gpus: tuple[GpuRef, ...]
+    host: str  # loopback today; a later multi-host inventory sets it per box
+    port: int
+    env: dict[str, str]
+    log: Path
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class ModelsDir(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    path: Path
+    exists: bool
+    readable: bool = False
+    owner: str | None = None
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    instances: tuple[Instance, ...]
+    unused_gpus: tuple[GpuRef, ...]
+    models_dir: ModelsDir
+    pinned_by: Literal["uuid", "index"]
+
+
+def inspect_models_dir(config: FleetConfig, home: Path | None = None) -> ModelsDir:
+    """The configured models dir, else the official install's if it exists, else ~/.ollama/models."""
+    if config.models_dir is not None:
+        path = config.models_dir
+    elif OFFICIAL_MODELS_DIR.is_dir():
+        path = OFFICIAL_MODELS_DIR
+    else:
+        path = (home or Path.home()) / ".ollama" / "models"
+    path = path.expanduser().absolute()
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        return ModelsDir(path=path, exists=False)
+    try:
+        owner: str | None = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        owner = str(uid)
+    readable = path.is_dir() and os.access(path, os.R_OK | os.X_OK)
+    return ModelsDir(path=path, exists=path.is_dir(), readable=readable, owner=owner)
+
+
+def instance_name(gpus: list[Gpu]) -> str:
+    """`gpu3`, `gpu0_1` for a group, `gpu0-mig1` for a MIG slice: valid systemd instance names."""
+    if len(gpus) == 1:
+        return gpus[0].label
+    return "gpu" + "_".join(str(gpu.index) for gpu in gpus)
+
+
+def plan(config: FleetConfig, discovery: Discovery, models_dir: ModelsDir) -> Plan:
+    """Group the selected GPUs, name the groups, give each a port and its environment."""
+    gpus = discovery.gpus
+    size = config.gpus_per_instance
+    if size > 1 and any(gpu.mig is not None for gpu in gpus):
+        raise BadInput("gpus_per_instance: a MIG slice cannot be grouped; CUDA gives a process one slice")
+    groups = [gpus[i : i + size] for i in range(0, len(gpus) - size + 1, size)]
+    if not groups:
+        raise BadInput(
+            f"gpus_per_instance: {size} GPUs per instance, but only {len(gpus)} GPU(s) selected"
+        )
+    last_port = config.base_port + len(groups) - 1
+    if last_port > 65535:
+        raise BadInput(
+            f"base_port: {config.base_port} + {len(groups)} instances runs past port 65535 (to {last_port})"
+        )
+    assert config.state_dir is not None, "load_config() fills state_dir"
+    instances = []
+    for k, group in enumerate(groups):
+        port = config.base_port + k
+        env = {
+            # UUIDs, because CUDA's index order can differ from NVML's (DESIGN.md §4).
+            "CUDA_VISIBLE_DEVICES": ",".join(
+                gpu.uuid if discovery.pinned_by == "uuid" and gpu.uuid else str(gpu.index) for gpu in group
+            ),
+            "OLLAMA_HOST": f"{LOOPBACK}:{port}",
+            "OLLAMA_MODELS": str(models_dir.path),
+            "OLLAMA_KEEP_ALIVE": config.keep_alive,
+            # Ollama prunes "unused" blobs at start; with a shared models dir that could
+            # delete another instance's pull in progress.
+            "OLLAMA_NOPRUNE": "1",
+            **config.env,
+        }
+        name = instance_name(group)
+        instances.append(
+            Instance(
+                name=name,
+                gpus=tuple(GpuRef(index=g.index, uuid=g.uuid, mig=g.mig) for g in group),
+                host=LOOPBACK,
+                port=port,
+                env=env,
+                log=config.state_dir / "logs" / f"{name}.log",
+            )
+        )
+    used = len(groups) * size
+    return Plan(
+        instances=tuple(instances),
+        unused_gpus=tuple(GpuRef(index=g.index, uuid=g.uuid, mig=g.mig) for g in gpus[used:]),
+        models_dir=models_dir,
+        pinned_by=discovery.pinned_by,
+    )
+
+
+def plan_json(result: Plan) -> dict:
+    """`plan --json`, schema 1 (documented in the README)."""
+    return {"schema": 1, **result.model_dump(mode="json")}
