@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
+import os
+import pwd
+import signal
 import traceback
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
@@ -15,11 +17,25 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ollama_fleet import __version__
+from ollama_fleet import __version__, probe
 from ollama_fleet.config import FleetConfig, load_config
-from ollama_fleet.errors import FleetError
+from ollama_fleet.errors import BadInput, FleetError, Missing, UserError
 from ollama_fleet.gpus import Discovery, resolve
 from ollama_fleet.plan import Plan, inspect_models_dir, plan, plan_json
+from ollama_fleet.state import DESIRED, SUPERVISOR_LOG, Actual, Desired, read_actual, read_desired, write_model
+from ollama_fleet.supervisor import (
+    Change,
+    Readiness,
+    Supervisor,
+    changes,
+    launch_background,
+    live_supervisor,
+    log_tail,
+    preflight,
+    resolve_binary,
+    stop_fleet,
+    wait_ready,
+)
 
 app = typer.Typer(
     name="ollama-fleet",
@@ -49,8 +65,12 @@ def _register(name: str, func: F) -> F:
         except FleetError as exc:
             if _verbose:
                 traceback.print_exc()
-            for line in str(exc).splitlines() or [type(exc).__name__]:
-                err.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True)
+            lines = str(exc).splitlines() or [type(exc).__name__]
+            # One line per bad field; other errors are one line plus, indented, what explains
+            # it (the tail of an instance's log).
+            for n, line in enumerate(lines):
+                prefix = "[red]error:[/red] " if n == 0 or isinstance(exc, BadInput) else ""
+                err.print(f"{prefix}{escape(line)}", soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
     app.command(name)(wrapper)
@@ -75,7 +95,6 @@ PerInstanceOpt = Annotated[Optional[str], _opt("--gpus-per-instance", "GPUs per 
 BasePortOpt = Annotated[Optional[str], _opt("--base-port", "port of the first instance (default: 11534)", "PORT")]
 ModelsDirOpt = Annotated[Optional[str], _opt("--models-dir", "models dir shared by all instances", "PATH")]
 KeepAliveOpt = Annotated[Optional[str], _opt("--keep-alive", "OLLAMA_KEEP_ALIVE: 15s, 5m, 1h30m, -1 (default: 5m)", "DURATION")]
-OllamaBinOpt = Annotated[Optional[str], _opt("--ollama-bin", "the ollama executable (default: ollama on PATH)", "PATH")]
 UserOpt = Annotated[Optional[str], _opt("--user", "user instances run as when started by root (default: owner of the models dir)", "NAME")]
 StateDirOpt = Annotated[Optional[str], _opt("--state-dir", "state, logs, gateway files (default: /var/lib/ollama-fleet as root, else $XDG_STATE_HOME/ollama-fleet)", "PATH")]
 EnvOpt = Annotated[Optional[list[str]], _opt("--env", "extra KEY=VALUE for every instance (repeatable)", "KEY=VALUE")]
@@ -188,6 +207,169 @@ def plan_command(
     shared = {k: v for k, v in result.instances[0].env.items() if k not in ("CUDA_VISIBLE_DEVICES", "OLLAMA_HOST")}
     out.print(f"logs: {result.instances[0].log.parent}/<instance>.log")
     out.print("every instance also gets: " + " ".join(f"{k}={v}" for k, v in shared.items()), soft_wrap=True)
+
+
+OllamaBinOpt = Annotated[Optional[str], _opt("--ollama-bin", "the ollama executable (default: ollama on PATH)", "PATH")]
+WaitTimeoutOpt = Annotated[Optional[str], _opt("--wait-timeout", "seconds to wait for each instance to answer (default: 60)", "S")]
+PreloadOpt = Annotated[Optional[list[str]], _opt("--preload", "model to load on every instance once it answers (repeatable)", "MODEL")]
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+
+@command("up")
+def up_command(
+    *,
+    config: ConfigOpt = None,
+    gpus: GpusOpt = None,
+    gpus_per_instance: PerInstanceOpt = None,
+    base_port: BasePortOpt = None,
+    models_dir: ModelsDirOpt = None,
+    keep_alive: KeepAliveOpt = None,
+    ollama_bin: OllamaBinOpt = None,
+    user: UserOpt = None,
+    state_dir: StateDirOpt = None,
+    wait_timeout: WaitTimeoutOpt = None,
+    preload: PreloadOpt = None,
+    env: EnvOpt = None,
+    foreground: Annotated[bool, typer.Option("--foreground", help="stay attached: prefix instance output, Ctrl-C stops all")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Start one pinned `ollama serve` per GPU (or group), wait until each answers, supervise them."""
+    cfg = _config(
+        config, verbose, gpus=gpus, gpus_per_instance=gpus_per_instance, base_port=base_port,
+        models_dir=models_dir, keep_alive=keep_alive, ollama_bin=ollama_bin, user=user, state_dir=state_dir,
+        wait_timeout=wait_timeout, preload=preload, env=env,
+    )
+    result = _plan(cfg)
+    assert cfg.state_dir is not None
+    home = cfg.state_dir
+    new = Desired(instances=result.instances, ollama_bin=resolve_binary(cfg.ollama_bin), user=run_as(cfg, result))
+    running = live_supervisor(home)
+    if running is not None and foreground:
+        raise UserError(f"a fleet is already running from {home} (supervisor pid {running.pid}); run `ollama-fleet down` first")
+    actual = read_actual(home) if running else None
+    todo = changes(read_desired(home) if running else None, actual, new)
+    preflight(result, new, actual)
+    for change in todo:
+        if change.action in ("restart", "stop"):
+            verb = "restarting" if change.action == "restart" else "stopping"
+            out.print(f"{change.name}: {verb} ({change.why})", soft_wrap=True)
+    write_model(home / DESIRED, new)
+
+    supervisor: Supervisor | None = None
+    if foreground:
+        supervisor = Supervisor(home, echo=_echo, foreground=True)
+        supervisor.install_signal_handlers()
+
+        def tick() -> None:
+            supervisor.step()
+            if supervisor.stop_signal is not None:
+                raise _Interrupted(supervisor.stop_signal)
+    else:
+        background = None if running else launch_background(home)
+
+        def tick() -> None:
+            if background is not None and background.poll() is not None:
+                tail = "\n".join("    " + line for line in log_tail(home / SUPERVISOR_LOG))
+                raise UserError(f"the supervisor exited at start; last lines of {home / SUPERVISOR_LOG}:\n{tail}")
+
+        if running is not None:
+            os.kill(running.pid, signal.SIGHUP)  # converge to the new fleet.json
+
+    try:
+        with err.status(f"waiting for {len(new.instances)} instance(s) to answer") as status:
+            ready = wait_ready(
+                home, new, cfg.wait_timeout, tick,
+                lambda n, total: status.update(f"waiting for instances: {n}/{total} answer"),
+            )
+        preloaded = probe.preload(
+            {i.name: i.address for i in new.instances if i.name in ready.versions},
+            cfg.preload, cfg.keep_alive, timeout=max(cfg.wait_timeout, 300),
+        )
+    except _Interrupted as exc:
+        assert supervisor is not None
+        supervisor.stop_all()
+        raise typer.Exit(128 + exc.signum) from None
+
+    _print_up(new, todo, ready, read_actual(home))
+    problems = list(ready.failed.values()) + [
+        f"preload of {model} on {name} failed: {error}" for (name, model), error in preloaded.items() if error
+    ]
+    if supervisor is None:
+        if problems:
+            raise UserError("\n".join(problems))
+        return
+    for problem in problems:
+        warn(problem)
+    out.print("supervising; Ctrl-C stops every instance")
+    raise typer.Exit(supervisor.run())
+
+
+def run_as(cfg: FleetConfig, result: Plan) -> str | None:
+    """Who instances run as when root starts them: --user, else the models dir's owner
+    (running as root against the `ollama` user's models leaves root-owned blobs there)."""
+    name = cfg.user or (result.models_dir.owner if os.geteuid() == 0 else None)
+    if name is not None:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise Missing(f"user: no user {name!r} on this machine (create it, or pass --user)") from None
+    return name
+
+
+_COLORS = ["cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta"]
+
+
+def _echo(name: str, line: str) -> None:
+    color = _COLORS[sum(map(ord, name)) % len(_COLORS)]
+    out.print(Text.assemble((f"{name:>9} | ", color), line), soft_wrap=True)
+
+
+def _print_up(new: Desired, todo: list[Change], ready: Readiness, actual: Actual | None) -> None:
+    action = {c.name: c.action for c in todo}
+    label = {"start": "started", "keep": "unchanged", "restart": "restarted"}
+    table = Table("instance", "GPUs", "address", "pid", "state", "version")
+    states = actual.instances if actual else {}
+    for inst in new.instances:
+        st = states.get(inst.name)
+        failed = inst.name in ready.failed
+        table.add_row(
+            inst.name,
+            ",".join(str(g.index) if g.mig is None else f"{g.index}-mig{g.mig}" for g in inst.gpus),
+            inst.address,
+            str(st.pid) if st and st.pid else "-",
+            Text("failed", style="bold red") if failed else label.get(action.get(inst.name, ""), "?"),
+            ready.versions.get(inst.name, "-"),
+        )
+    out.print(table)
+
+
+@command("down")
+def down_command(
+    *,
+    state_dir: StateDirOpt = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds between SIGTERM and SIGKILL", min=0)] = 10.0,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Stop the supervisor and every instance (SIGTERM to each process group, SIGKILL after --timeout)."""
+    cfg = _config(None, verbose, state_dir=state_dir)
+    assert cfg.state_dir is not None
+    stopped = stop_fleet(cfg.state_dir, timeout)
+    if stopped is None:
+        out.print(f"nothing to stop: no fleet is recorded in {cfg.state_dir}")
+    else:
+        out.print(f"stopped {stopped} instance(s); state cleared in {cfg.state_dir}")
+
+
+@app.command("supervise", hidden=True)
+def supervise_command(state_dir: Annotated[Path, typer.Option("--state-dir")]) -> None:
+    """The background supervisor `up` starts (internal)."""
+    supervisor = Supervisor(state_dir)
+    supervisor.install_signal_handlers()
+    raise typer.Exit(supervisor.run())
 
 
 def main() -> None:

@@ -1,0 +1,72 @@
+"""HTTP probes of instances (httpx, concurrent): readiness, version, loaded models, preload."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import httpx
+
+# Ollama on loopback answers 403 to a non-local Host header; send a local one explicitly.
+HEADERS = {"Host": "localhost"}
+
+
+def _url(address: str, path: str) -> str:
+    return f"http://{address}{path}"
+
+
+async def _version(client: httpx.AsyncClient, address: str) -> str | None:
+    try:
+        response = await client.get(_url(address, "/api/version"), headers=HEADERS)
+        if response.status_code == 200:
+            return str(response.json().get("version", "?"))
+    except (httpx.HTTPError, ValueError):
+        pass
+    return None
+
+
+def versions(addresses: list[str], timeout: float = 1.0) -> dict[str, str | None]:
+    """`GET /api/version` on every address at once: the version, or None if it did not answer."""
+
+    async def run() -> dict[str, str | None]:
+        async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+            found = await asyncio.gather(*(_version(client, a) for a in addresses))
+        return dict(zip(addresses, found))
+
+    return asyncio.run(run()) if addresses else {}
+
+
+def keep_alive_value(keep_alive: str) -> Any:
+    """Ollama's API reads a keep_alive string with Go's ParseDuration, which rejects "3600"
+    and "-1": whole seconds must travel as a JSON number."""
+    return int(keep_alive) if re.fullmatch(r"[-+]?\d+", keep_alive) else keep_alive
+
+
+async def _preload(client: httpx.AsyncClient, address: str, model: str, keep_alive: str) -> str | None:
+    # An empty prompt only loads the model (done_reason "load").
+    body = {"model": model, "prompt": "", "stream": False, "keep_alive": keep_alive_value(keep_alive)}
+    try:
+        response = await client.post(_url(address, "/api/generate"), json=body, headers=HEADERS)
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if response.status_code == 200:
+        return None
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}"
+
+
+def preload(
+    addresses: dict[str, str], models: tuple[str, ...], keep_alive: str, timeout: float
+) -> dict[tuple[str, str], str | None]:
+    """Load each model on every instance in parallel: {(instance, model): error or None}."""
+
+    async def run() -> dict[tuple[str, str], str | None]:
+        pairs = [(name, model) for name in addresses for model in models]
+        async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+            errors = await asyncio.gather(*(_preload(client, addresses[n], m, keep_alive) for n, m in pairs))
+        return dict(zip(pairs, errors))
+
+    return asyncio.run(run()) if models and addresses else {}

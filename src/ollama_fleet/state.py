@@ -1,0 +1,121 @@
+"""The state dir: what `up` asked for (fleet.json), what the supervisor runs (supervisor.json).
+
+Each file has one writer and is replaced atomically, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+from pydantic import BaseModel, ValidationError
+
+from ollama_fleet.errors import UserError
+from ollama_fleet.plan import Instance
+
+DESIRED = "fleet.json"  # written by `up`
+ACTUAL = "supervisor.json"  # written by the supervisor
+SUPERVISOR_LOG = "supervisor.log"
+
+
+def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
+    """Write a temp file beside `path`, then rename it over: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = content.encode() if isinstance(content, str) else content
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ProcessRecord(BaseModel):
+    """A pid and its create time: together they name one process, even after pid reuse."""
+
+    pid: int
+    create_time: float
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessRecord:
+        return cls(pid=pid, create_time=psutil.Process(pid).create_time())
+
+    def process(self) -> psutil.Process | None:
+        """The live process this record names, or None if it is gone or the pid was reused."""
+        try:
+            proc = psutil.Process(self.pid)
+            if abs(proc.create_time() - self.create_time) > 0.01 or proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except psutil.Error:
+            return None
+
+
+class Desired(BaseModel):
+    """What `up` asked for: the instances and how to start them."""
+
+    state_format: int = 1
+    instances: tuple[Instance, ...]
+    ollama_bin: str  # absolute
+    user: str | None  # run instances as this user (only when the supervisor is root)
+
+    def spec(self, instance: Instance) -> str:
+        """Everything that, when it changes, means the instance must be restarted."""
+        text = json.dumps([instance.model_dump(mode="json"), self.ollama_bin, self.user], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class InstanceState(BaseModel):
+    name: str
+    port: int
+    spec: str
+    pid: int | None = None
+    create_time: float | None = None
+    started_at: float | None = None  # wall clock, for uptime
+    status: Literal["running", "backoff", "stopped"] = "running"
+    exits: int = 0  # how many times it exited (or failed to start) under this supervisor
+    last_exit: str | None = None
+
+    @property
+    def record(self) -> ProcessRecord | None:
+        if self.pid is None or self.create_time is None:
+            return None
+        return ProcessRecord(pid=self.pid, create_time=self.create_time)
+
+
+class Actual(BaseModel):
+    """What the supervisor runs now."""
+
+    state_format: int = 1
+    supervisor: ProcessRecord
+    foreground: bool = False
+    instances: dict[str, InstanceState] = {}
+
+
+def _read(path: Path, model: type[BaseModel]) -> Any:
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValidationError) as exc:
+        raise UserError(f"state file {path} is unreadable ({exc.__class__.__name__}); remove it to start afresh")
+
+
+def read_desired(state_dir: Path) -> Desired | None:
+    return _read(state_dir / DESIRED, Desired)
+
+
+def read_actual(state_dir: Path) -> Actual | None:
+    return _read(state_dir / ACTUAL, Actual)
+
+
+def write_model(path: Path, value: BaseModel) -> None:
+    write_atomic(path, value.model_dump_json(indent=2))
