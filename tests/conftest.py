@@ -67,3 +67,61 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{name} is required under CI=true but is not installed")
         pytest.skip(f"{name} is not installed")
     return path
+
+
+def free_port_range(count: int) -> int:
+    """A base port with `count` free ports after it (picked at random to dodge parallel runs)."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - count)
+        try:
+            socks = []
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no free port range")
+
+
+@pytest.fixture
+def fleet(tmp_path: Path):
+    """Run the real CLI in subprocesses against fake Ollama instances; `down` at teardown."""
+    import subprocess
+
+    class Fleet:
+        def __init__(self) -> None:
+            self.state = tmp_path / "fleet-state"
+            self.models = tmp_path / "fleet-models"
+            self.models.mkdir()
+            self.base_port = free_port_range(8)
+            self.env = subprocess_env(
+                FAKE_NVML_GPUS="2",
+                OLLAMA_FLEET_STATE_DIR=str(self.state),
+                OLLAMA_FLEET_MODELS_DIR=str(self.models),
+                OLLAMA_FLEET_OLLAMA_BIN=str(FAKE_OLLAMA),
+                OLLAMA_FLEET_BASE_PORT=str(self.base_port),
+                OLLAMA_FLEET_WAIT_TIMEOUT="20",
+            )
+
+        def argv(self, *args: str) -> list[str]:
+            return [sys.executable, "-m", "ollama_fleet", *args]
+
+        def run(self, *args: str, **env: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                self.argv(*args), env={**self.env, **env}, capture_output=True, text=True, timeout=120
+            )
+
+        def url(self, k: int, path: str = "/api/version") -> str:
+            return f"http://127.0.0.1:{self.base_port + k}{path}"
+
+    f = Fleet()
+    yield f
+    f.run("down", "--timeout", "2")

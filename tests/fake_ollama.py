@@ -419,13 +419,27 @@ def address() -> tuple[str, int]:
     return (host.strip("[]") or "127.0.0.1", int(port or 11434))
 
 
+def process_age() -> float:
+    """Seconds since this process was started (Linux /proc), 0 where unknown."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def main(argv: list[str]) -> int:
     if argv[1:2] != ["serve"]:
         sys.stderr.write("usage: fake_ollama.py serve\n")
         return 1
     # SIGTERM: Ollama closes every connection at once (no drain) and exits 0.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    time.sleep(float(os.environ.get("FAKE_OLLAMA_STARTUP_S", "0")))
+    # The start-up delay counts from exec, like a real server's: this interpreter's own
+    # start-up is part of it rather than added to it.
+    time.sleep(max(0.0, float(os.environ.get("FAKE_OLLAMA_STARTUP_S", "0")) - process_age()))
     host, port = address()
     try:
         server = Server((host, port), Handler)

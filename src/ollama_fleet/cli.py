@@ -28,6 +28,7 @@ from ollama_fleet.supervisor import (
     Readiness,
     Supervisor,
     changes,
+    exited,
     launch_background,
     live_supervisor,
     log_tail,
@@ -272,7 +273,7 @@ def up_command(
         background = None if running else launch_background(home)
 
         def tick() -> None:
-            if background is not None and background.poll() is not None:
+            if background is not None and exited(background):
                 tail = "\n".join("    " + line for line in log_tail(home / SUPERVISOR_LOG))
                 raise UserError(f"the supervisor exited at start; last lines of {home / SUPERVISOR_LOG}:\n{tail}")
 
@@ -362,14 +363,6 @@ def down_command(
         out.print(f"nothing to stop: no fleet is recorded in {cfg.state_dir}")
     else:
         out.print(f"stopped {stopped} instance(s); state cleared in {cfg.state_dir}")
-
-
-@app.command("supervise", hidden=True)
-def supervise_command(state_dir: Annotated[Path, typer.Option("--state-dir")]) -> None:
-    """The background supervisor `up` starts (internal)."""
-    supervisor = Supervisor(state_dir)
-    supervisor.install_signal_handlers()
-    raise typer.Exit(supervisor.run())
 
 
 def main() -> None:

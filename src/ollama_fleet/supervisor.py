@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,11 +77,35 @@ def stop_processes(records: Iterable[ProcessRecord], timeout: float) -> int:
     procs = [proc for record in records if (proc := record.process()) is not None]
     for proc in procs:
         _signal_group(proc.pid, signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    alive = _wait_gone(procs, timeout)
     for proc in alive:
         _signal_group(proc.pid, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=5)
+    _wait_gone(alive, 5)
     return len(procs)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until each process has exited; return those still running.
+
+    A zombie counts as gone: once its parent (the supervisor) is gone too, only pid 1 reaps
+    it, and in many containers pid 1 never does, which would make psutil.wait_procs wait out
+    the whole timeout.
+    """
+    deadline = time.monotonic() + timeout
+    alive = list(procs)
+    while alive:
+        alive = [proc for proc in alive if _alive(proc)]
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    return alive
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def port_holder(port: int, host: str = "127.0.0.1") -> str | None:
@@ -402,18 +427,43 @@ def preflight(plan: Plan, new: Desired, actual: Actual | None) -> None:
             raise UserError(f"port {inst.port} (for {inst.name}) is taken by {holder}; pass another --base-port")
 
 
-def launch_background(state_dir: Path) -> subprocess.Popen:
-    """Start the background supervisor: a detached `ollama-fleet supervise`."""
+def launch_background(state_dir: Path) -> int:
+    """Fork the background supervisor and return its pid.
+
+    A fork, not a fresh interpreter: the child already has everything imported, so the
+    instances start ~0.3 s sooner, which is most of `up`'s own overhead.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
-    with (state_dir / SUPERVISOR_LOG).open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "ollama_fleet", "supervise", "--state-dir", str(state_dir)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # survives the terminal that ran `up`
-            cwd="/",
-        )
+    log = os.open(state_dir / SUPERVISOR_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.close(log)
+        return pid
+    code = 1
+    try:
+        os.setsid()  # its own session: survives the terminal that ran `up`
+        os.chdir("/")
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        supervisor = Supervisor(state_dir)
+        supervisor.install_signal_handlers()
+        code = supervisor.run()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)  # never return into the CLI that forked us
+
+
+def exited(pid: int) -> bool:
+    """Has our forked child exited? (Reaps it if so.)"""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return True
 
 
 @dataclass
