@@ -109,6 +109,7 @@ def fleet(tmp_path: Path):
                 OLLAMA_FLEET_OLLAMA_BIN=str(FAKE_OLLAMA),
                 OLLAMA_FLEET_BASE_PORT=str(self.base_port),
                 OLLAMA_FLEET_WAIT_TIMEOUT="20",
+                OLLAMA_FLEET_GATEWAY="false",  # gateway tests turn it on, on a port of their own
             )
 
         def argv(self, *args: str) -> list[str]:

@@ -22,7 +22,30 @@ from ollama_fleet.config import FleetConfig, load_config
 from ollama_fleet.errors import BadInput, FleetError, Missing, UserError
 from ollama_fleet.gpus import Discovery, resolve
 from ollama_fleet.plan import Plan, inspect_models_dir, plan, plan_json
-from ollama_fleet.state import DESIRED, SUPERVISOR_LOG, Actual, Desired, read_actual, read_desired, write_model
+from ollama_fleet.gateway import (
+    Engine,
+    GatewaySpec,
+    engine_named,
+    exposure_warning,
+    find_tool,
+    secret_mode,
+    spec_from,
+    wait_answering,
+    worker_user,
+)
+from ollama_fleet.gateway import converge as gateway_converge
+from ollama_fleet.state import (
+    DESIRED,
+    GATEWAY,
+    SUPERVISOR_LOG,
+    Actual,
+    Desired,
+    GatewayState,
+    read_actual,
+    read_desired,
+    write_atomic,
+    write_model,
+)
 from ollama_fleet.supervisor import (
     Change,
     Readiness,
@@ -99,6 +122,15 @@ KeepAliveOpt = Annotated[Optional[str], _opt("--keep-alive", "OLLAMA_KEEP_ALIVE:
 UserOpt = Annotated[Optional[str], _opt("--user", "user instances run as when started by root (default: owner of the models dir)", "NAME")]
 StateDirOpt = Annotated[Optional[str], _opt("--state-dir", "state, logs, gateway files (default: /var/lib/ollama-fleet as root, else $XDG_STATE_HOME/ollama-fleet)", "PATH")]
 EnvOpt = Annotated[Optional[list[str]], _opt("--env", "extra KEY=VALUE for every instance (repeatable)", "KEY=VALUE")]
+GatewayOpt = Annotated[Optional[bool], typer.Option("--gateway/--no-gateway", help="start the nginx gateway (default: when nginx is installed)", show_default=False)]
+ListenOpt = Annotated[Optional[str], _opt("--listen", "where the gateway listens: [HOST:]PORT, [::]:PORT (default: 0.0.0.0:8080)", "ADDR")]
+AllowOpt = Annotated[Optional[list[str]], _opt("--allow", "client network let through, besides 127.0.0.1 and ::1 (repeatable)", "CIDR")]
+ApiKeysOpt = Annotated[Optional[str], _opt("--api-keys-file", "bearer API keys, one per line, # comments", "PATH")]
+BalanceOpt = Annotated[Optional[str], _opt("--balance", "least_conn | round_robin | random (default: least_conn)", "METHOD")]
+ReadTimeoutOpt = Annotated[Optional[str], _opt("--read-timeout", "seconds the gateway waits on a silent instance (default: 600)", "S")]
+MaxBodyOpt = Annotated[Optional[str], _opt("--max-body-size", "largest request body (default: 100m)", "SIZE")]
+TlsCertOpt = Annotated[Optional[str], _opt("--tls-cert", "TLS certificate (with --tls-key)", "PATH")]
+TlsKeyOpt = Annotated[Optional[str], _opt("--tls-key", "TLS private key (with --tls-cert)", "PATH")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output (schema in the README)")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="show tracebacks of errors")]
 
@@ -235,6 +267,15 @@ def up_command(
     wait_timeout: WaitTimeoutOpt = None,
     preload: PreloadOpt = None,
     env: EnvOpt = None,
+    gateway: GatewayOpt = None,
+    listen: ListenOpt = None,
+    allow: AllowOpt = None,
+    api_keys_file: ApiKeysOpt = None,
+    balance: BalanceOpt = None,
+    read_timeout: ReadTimeoutOpt = None,
+    max_body_size: MaxBodyOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
     foreground: Annotated[bool, typer.Option("--foreground", help="stay attached: prefix instance output, Ctrl-C stops all")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -242,12 +283,16 @@ def up_command(
     cfg = _config(
         config, verbose, gpus=gpus, gpus_per_instance=gpus_per_instance, base_port=base_port,
         models_dir=models_dir, keep_alive=keep_alive, ollama_bin=ollama_bin, user=user, state_dir=state_dir,
-        wait_timeout=wait_timeout, preload=preload, env=env,
+        wait_timeout=wait_timeout, preload=preload, env=env, gateway=gateway, listen=listen, allow=allow,
+        api_keys_file=api_keys_file, balance=balance, read_timeout=read_timeout, max_body_size=max_body_size,
+        tls_cert=tls_cert, tls_key=tls_key,
     )
     result = _plan(cfg)
     assert cfg.state_dir is not None
     home = cfg.state_dir
     new = Desired(instances=result.instances, ollama_bin=resolve_binary(cfg.ollama_bin), user=run_as(cfg, result))
+    # The gateway's input (keys, TLS files) is read and checked before anything starts.
+    engine, spec = _gateway_plan(cfg, result, explicit=gateway is True)
     running = live_supervisor(home)
     if running is not None and foreground:
         raise UserError(f"a fleet is already running from {home} (supervisor pid {running.pid}); run `ollama-fleet down` first")
@@ -296,7 +341,18 @@ def up_command(
         raise typer.Exit(128 + exc.signum) from None
 
     _print_up(new, todo, ready, read_actual(home))
-    problems = list(ready.failed.values()) + [
+    problems = []
+    if engine is not None and spec is not None:
+        try:
+            action, gw = gateway_converge(engine, spec, home, worker_user(new.user))
+            if not wait_answering(spec.probe_url, 10):
+                problems.append(f"the gateway did not answer on {spec.probe_url}; see {home}/gateway/logs/error.log")
+            out.print(f"gateway: {engine.name} {action}, listening on {spec.listen} (pid {gw.process.pid if gw.process else '-'})")
+        except FleetError as exc:
+            problems.append(str(exc))
+    else:
+        write_model(home / GATEWAY, GatewayState(engine=None, reason="disabled" if not cfg.gateway else "nginx not installed"))
+    problems += list(ready.failed.values()) + [
         f"preload of {model} on {name} failed: {error}" for (name, model), error in preloaded.items() if error
     ]
     if supervisor is None:
@@ -307,6 +363,22 @@ def up_command(
         warn(problem)
     out.print("supervising; Ctrl-C stops every instance")
     raise typer.Exit(supervisor.run())
+
+
+def _gateway_plan(cfg: FleetConfig, result: Plan, explicit: bool) -> tuple[Engine | None, GatewaySpec | None]:
+    """The engine and spec `up` will run, or (None, None) to run without a gateway."""
+    if not cfg.gateway:
+        return None, None
+    spec = spec_from(cfg, result)
+    if find_tool("nginx") is None:
+        if explicit:
+            raise Missing("gateway: nginx is not installed (apt-get install nginx), and --gateway asks for it")
+        warn("nginx is not installed: running without a gateway (apt-get install nginx; --no-gateway silences this)")
+        return None, None
+    message = exposure_warning(spec)
+    if message:
+        warn(message)
+    return engine_named("nginx"), spec
 
 
 def run_as(cfg: FleetConfig, result: Plan) -> str | None:
@@ -362,7 +434,57 @@ def down_command(
     if stopped is None:
         out.print(f"nothing to stop: no fleet is recorded in {cfg.state_dir}")
     else:
-        out.print(f"stopped {stopped} instance(s); state cleared in {cfg.state_dir}")
+        count, gateway = stopped
+        also = " and the gateway" if gateway else ""
+        out.print(f"stopped {count} instance(s){also}; state cleared in {cfg.state_dir}")
+
+
+@command("render-nginx")
+def render_nginx_command(
+    *,
+    config: ConfigOpt = None,
+    gpus: GpusOpt = None,
+    gpus_per_instance: PerInstanceOpt = None,
+    base_port: BasePortOpt = None,
+    state_dir: StateDirOpt = None,
+    listen: ListenOpt = None,
+    allow: AllowOpt = None,
+    api_keys_file: ApiKeysOpt = None,
+    balance: BalanceOpt = None,
+    read_timeout: ReadTimeoutOpt = None,
+    max_body_size: MaxBodyOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write here (atomically) instead of stdout", metavar="FILE")] = None,
+    standalone: Annotated[bool, typer.Option("--standalone", help="a complete nginx.conf for `nginx -p PREFIX -c FILE`")] = False,
+    prefix: Annotated[Optional[str], _opt("--prefix", "where a standalone nginx keeps pid, logs, temp (default: <state-dir>/gateway)", "DIR")] = None,
+    check: Annotated[bool, typer.Option("--check", help="run `nginx -t` on the result; exit 1 with nginx's message if it fails")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Render the nginx gateway: an http-level snippet for conf.d/, or a standalone nginx.conf."""
+    cfg = _config(
+        config, verbose, gpus=gpus, gpus_per_instance=gpus_per_instance, base_port=base_port, state_dir=state_dir,
+        listen=listen, allow=allow, api_keys_file=api_keys_file, balance=balance, read_timeout=read_timeout,
+        max_body_size=max_body_size, tls_cert=tls_cert, tls_key=tls_key,
+    )
+    assert cfg.state_dir is not None
+    root = load_config({"state_dir": prefix}, environ={}).state_dir if prefix else cfg.state_dir / "gateway"
+    assert root is not None
+    result = _plan(cfg)
+    spec = spec_from(cfg, result)
+    if message := exposure_warning(spec):
+        warn(message)
+    engine = engine_named("nginx")
+    user = worker_user(run_as(cfg, result)) if standalone else None
+    content = engine.render(spec, standalone=standalone, prefix=root.absolute(), user=user)
+    if check:
+        engine.check(content, standalone=standalone, prefix=root.absolute())
+    if output is None:
+        # API keys never reach stdout; -o FILE writes them (mode 0640).
+        print(engine.render(spec.redacted(), standalone=standalone, prefix=root.absolute(), user=user), end="")
+    else:
+        write_atomic(output, content, secret_mode(spec))
+        err.print(f"wrote {output}" + (" (nginx -t: ok)" if check else ""))
 
 
 def main() -> None:

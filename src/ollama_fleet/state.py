@@ -119,3 +119,22 @@ def read_actual(state_dir: Path) -> Actual | None:
 
 def write_model(path: Path, value: BaseModel) -> None:
     write_atomic(path, value.model_dump_json(indent=2))
+
+
+GATEWAY = "gateway.json"  # written by `up`
+
+
+class GatewayState(BaseModel):
+    """The gateway `up` runs, or why it runs none."""
+
+    engine: str | None  # None: running without a gateway
+    reason: str | None = None
+    process: ProcessRecord | None = None
+    prefix: Path | None = None
+    config: Path | None = None
+    url: str | None = None
+    listen: str | None = None
+
+
+def read_gateway(state_dir: Path) -> GatewayState | None:
+    return _read(state_dir / GATEWAY, GatewayState)

@@ -33,6 +33,7 @@ from ollama_fleet.plan import Instance, Plan
 from ollama_fleet.state import (
     ACTUAL,
     DESIRED,
+    GATEWAY,
     SUPERVISOR_LOG,
     Actual,
     Desired,
@@ -40,6 +41,7 @@ from ollama_fleet.state import (
     ProcessRecord,
     read_actual,
     read_desired,
+    read_gateway,
     write_model,
 )
 
@@ -524,15 +526,21 @@ def _failure(inst: Instance, message: str) -> str:
     return message + f"; last lines of {inst.log}:\n" + "\n".join("    " + line for line in tail)
 
 
-def stop_fleet(state_dir: Path, timeout: float) -> int | None:
-    """`down`: the supervisor first (so it restarts nothing), then every instance group.
+def stop_fleet(state_dir: Path, timeout: float) -> tuple[int, bool] | None:
+    """`down`: the gateway, the supervisor (so it restarts nothing), every instance group.
 
-    Returns how many instances were stopped, or None when there was nothing to stop.
+    Returns how many instances were stopped and whether a gateway was, or None when there
+    was nothing to stop.
     """
     actual = read_actual(state_dir)
     desired_path = state_dir / DESIRED
-    if actual is None and not desired_path.exists():
+    gateway = read_gateway(state_dir)
+    if actual is None and gateway is None and not desired_path.exists():
         return None
+    gateway_stopped = gateway is not None and gateway.process is not None
+    if gateway is not None and gateway.process is not None:
+        gateway_stopped = stop_processes([gateway.process], timeout) > 0  # SIGTERM: nginx's fast shutdown
+    (state_dir / GATEWAY).unlink(missing_ok=True)
     stopped = 0
     if actual is not None:
         instances = [st.record for st in actual.instances.values() if st.record is not None]
@@ -548,4 +556,4 @@ def stop_fleet(state_dir: Path, timeout: float) -> int | None:
             )
     for path in (state_dir / ACTUAL, desired_path):
         path.unlink(missing_ok=True)
-    return stopped
+    return stopped, gateway_stopped

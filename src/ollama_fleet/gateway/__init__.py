@@ -1,0 +1,217 @@
+"""The gateway: one small engine interface (render, check, start, reload, stop, status).
+
+`GatewaySpec` is everything an engine needs, built from the config and the plan; building
+it is where user input is read and validated (the API keys file, the TLS files), so the
+templates only ever see checked values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from ollama_fleet.config import FleetConfig, Listen
+from ollama_fleet.errors import BadInput, Missing
+from ollama_fleet.plan import Plan
+from ollama_fleet.state import GATEWAY, GatewayState, ProcessRecord, read_gateway, write_atomic, write_model
+
+# RFC 6750 bearer token characters: nothing that could end a quoted nginx string.
+_KEY = re.compile(r"[A-Za-z0-9._~+/=-]{8,200}")
+REDACTED = "<redacted>"
+TOOL_DIRS = "/usr/sbin:/sbin"  # a non-root PATH on Debian lacks them
+
+
+class Backend(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    address: str
+
+
+class Tls(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    cert: Path
+    key: Path
+
+
+class GatewaySpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    instances: tuple[Backend, ...]
+    listen: Listen
+    allow: tuple[str, ...]
+    api_keys: tuple[str, ...]
+    balance: str
+    read_timeout: int
+    max_body_size: str
+    tls: Tls | None
+
+    def redacted(self) -> GatewaySpec:
+        return self.model_copy(update={"api_keys": tuple(REDACTED for _ in self.api_keys)})
+
+    @property
+    def probe_url(self) -> str:
+        """Where the gateway answers from this machine (a wildcard listen answers on loopback)."""
+        host = self.listen.host
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.listen.port}"
+
+
+def read_api_keys(path: Path) -> tuple[str, ...]:
+    """One key per line, `#` comments; each key checked so it cannot break out of a config."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BadInput(f"api_keys_file: cannot read {path} ({exc.strerror})") from None
+    keys = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if not _KEY.fullmatch(line):
+            # Never echo the line: it may be a secret with a typo.
+            raise BadInput(f"api_keys_file: line {number} of {path} is not a key (8-200 of A-Z a-z 0-9 . _ ~ + / = -)")
+        if line not in keys:
+            keys.append(line)
+    if not keys:
+        raise BadInput(f"api_keys_file: {path} holds no key")
+    return tuple(keys)
+
+
+def spec_from(config: FleetConfig, plan: Plan) -> GatewaySpec:
+    tls = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        for field, path in (("tls_cert", config.tls_cert), ("tls_key", config.tls_key)):
+            if not path.is_file():
+                raise BadInput(f"{field}: {path} does not exist")
+        tls = Tls(cert=config.tls_cert.absolute(), key=config.tls_key.absolute())
+    return GatewaySpec(
+        instances=tuple(Backend(name=i.name, address=i.address) for i in plan.instances),
+        listen=config.listen,
+        allow=tuple(str(net) for net in config.allow),
+        api_keys=read_api_keys(config.api_keys_file) if config.api_keys_file else (),
+        balance=config.balance,
+        read_timeout=config.read_timeout,
+        max_body_size=config.max_body_size,
+        tls=tls,
+    )
+
+
+def exposure_warning(spec: GatewaySpec) -> str | None:
+    """Listening beyond loopback with neither keys nor a narrow allowlist deserves a word."""
+    if ipaddress.ip_address(spec.listen.host).is_loopback or spec.api_keys:
+        return None
+    wide = [net for net in spec.allow if ipaddress.ip_network(net).num_addresses > 2**16]
+    if not wide:
+        return None
+    return (
+        f"the gateway listens on {spec.listen} and lets {', '.join(wide)} in without API keys; "
+        "anyone there can use (and pull models onto) the fleet. Add --api-keys-file or narrow --allow"
+    )
+
+
+def find_tool(name: str) -> str | None:
+    return shutil.which(name, path=os.environ.get("PATH", "") + ":" + TOOL_DIRS)
+
+
+def require_tool(name: str) -> str:
+    found = find_tool(name)
+    if found is None:
+        raise Missing(f"{name} is not installed (apt-get install {name})")
+    return found
+
+
+def secret_mode(spec: GatewaySpec) -> int:
+    """Files that hold API keys are readable by owner and group only."""
+    return 0o640 if spec.api_keys else 0o644
+
+
+class Engine(Protocol):
+    """What `up`, `down` and `render-*` need from a gateway engine."""
+
+    name: str
+
+    def render(self, spec: GatewaySpec, *, standalone: bool, prefix: Path, user: tuple[str, str] | None) -> str: ...
+
+    def check(self, content: str, *, standalone: bool, prefix: Path | None = None) -> None: ...
+
+    def start(self, prefix: Path, config: Path) -> int:
+        """Start it detached; return the pid of its master process (stopped by `down` with
+        SIGTERM to its process group, as every process the fleet records)."""
+        ...
+
+    def reload(self, prefix: Path, config: Path) -> None: ...
+
+    def running(self, prefix: Path) -> int | None: ...
+
+
+# ------------------------------------------------------------------ run by `up` and `down`
+
+
+def engine_named(name: str) -> Engine:
+    from ollama_fleet.gateway.nginx import Nginx
+
+    engines: dict[str, Engine] = {"nginx": Nginx()}
+    return engines[name]
+
+
+def worker_user(run_as: str | None) -> tuple[str, str] | None:
+    """The user nginx workers run as when root starts it: the service user, never root."""
+    import grp
+    import pwd
+
+    if os.geteuid() != 0:
+        return None
+    name = run_as if run_as and run_as != "root" else "nobody"
+    account = pwd.getpwnam(name)
+    return (account.pw_name, grp.getgrgid(account.pw_gid).gr_name)
+
+
+def converge(engine: Engine, spec: GatewaySpec, state_dir: Path, user: tuple[str, str] | None) -> tuple[str, GatewayState]:
+    """Start the gateway, or reload it when its config changed (never restart it).
+
+    Returns what was done ("started", "reloaded", "unchanged") and the new state.
+    """
+
+    prefix = state_dir / "gateway"
+    config = prefix / f"{engine.name}.conf"
+    content = engine.render(spec, standalone=True, prefix=prefix, user=user)
+    engine.check(content, standalone=True, prefix=prefix)
+    previous = read_gateway(state_dir)
+    live = previous.process if previous and previous.process and previous.process.process() else None
+    unchanged = config.exists() and config.read_text() == content
+    write_atomic(config, content, secret_mode(spec))
+    if live is not None and previous is not None and previous.engine == engine.name:
+        action = "unchanged" if unchanged else "reloaded"
+        if not unchanged:
+            engine.reload(prefix, config)
+        record = live
+    else:
+        record = ProcessRecord.of(engine.start(prefix, config))
+        action = "started"
+    state = GatewayState(
+        engine=engine.name, process=record, prefix=prefix, config=config, url=spec.probe_url, listen=str(spec.listen)
+    )
+    write_model(state_dir / GATEWAY, state)
+    return action, state
+
+
+def wait_answering(url: str, timeout: float) -> bool:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url + "/", timeout=1, verify=False, trust_env=False)
+            return True  # any HTTP answer (even 403/401) means it listens
+        except httpx.TransportError:
+            time.sleep(0.05)
+    return False

@@ -1,0 +1,101 @@
+"""The nginx engine: renders the snippet or a standalone nginx.conf, checks it with
+`nginx -t`, and runs a private nginx (`nginx -p PREFIX -c CONF`) for `up`."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ollama_fleet.errors import UserError
+from ollama_fleet.gateway import GatewaySpec, require_tool
+from ollama_fleet.render import render
+
+PID_FILE = "nginx.pid"
+
+
+def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        # nginx's own words: the [emerg] line names the file, the line and the problem.
+        lines = [line for line in proc.stderr.splitlines() if "[emerg]" in line or "[alert]" in line]
+        detail = "\n".join(lines or proc.stderr.strip().splitlines()[-3:])
+        raise UserError(f"{what} failed ({' '.join(argv)}):\n{detail}")
+    return proc
+
+
+class Nginx:
+    name = "nginx"
+
+    def render(
+        self, spec: GatewaySpec, *, standalone: bool, prefix: Path, user: tuple[str, str] | None = None
+    ) -> str:
+        snippet = render("nginx/fleet.conf.j2", **_context(spec))
+        if not standalone:
+            return snippet
+        return render(
+            "nginx/standalone.conf.j2",
+            snippet=snippet.rstrip("\n"),
+            prefix=prefix,
+            user=user[0] if user else None,
+            group=user[1] if user else None,
+        )
+
+    def check(self, content: str, *, standalone: bool, prefix: Path | None = None) -> None:
+        """`nginx -t`: a standalone config where it will run (under `prefix`), a snippet
+        included in a minimal http {} under a temporary prefix."""
+        nginx = require_tool("nginx")
+        if standalone:
+            assert prefix is not None
+            prepare(prefix)
+            with tempfile.NamedTemporaryFile("w", dir=prefix, prefix=".check-", suffix=".conf") as fh:
+                fh.write(content)
+                fh.flush()
+                _run([nginx, "-t", "-q", "-p", str(prefix), "-c", fh.name], "nginx -t")
+            return
+        with tempfile.TemporaryDirectory(prefix="ollama-fleet-check-") as tmp:
+            root = Path(tmp)
+            prepare(root)
+            (root / "snippet.conf").write_text(content)
+            wrapper = render(
+                "nginx/standalone.conf.j2", snippet=f"include {root}/snippet.conf;", prefix=root, user=None, group=None
+            )
+            (root / "nginx.conf").write_text(wrapper)
+            _run([nginx, "-t", "-q", "-p", str(root), "-c", str(root / "nginx.conf")], "nginx -t")
+
+    def start(self, prefix: Path, config: Path) -> int:
+        prepare(prefix)
+        (prefix / PID_FILE).unlink(missing_ok=True)
+        _run([require_tool("nginx"), "-p", str(prefix), "-c", str(config)], "starting nginx")
+        pid = self.running(prefix)
+        if pid is None:
+            raise UserError(f"nginx started but wrote no pid file in {prefix}; see {prefix}/logs/error.log")
+        return pid
+
+    def reload(self, prefix: Path, config: Path) -> None:
+        # A graceful reload: new workers take the new config, old ones finish their streams.
+        _run([require_tool("nginx"), "-p", str(prefix), "-c", str(config), "-s", "reload"], "nginx -s reload")
+
+    def running(self, prefix: Path) -> int | None:
+        try:
+            return int((prefix / PID_FILE).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def prepare(prefix: Path) -> None:
+    for sub in ("logs", "temp"):
+        (prefix / sub).mkdir(parents=True, exist_ok=True)
+
+
+def _context(spec: GatewaySpec) -> dict:
+    return {
+        "instances": spec.instances,
+        "listen": str(spec.listen),
+        "allow": spec.allow,
+        "api_keys": spec.api_keys,
+        "balance": spec.balance,
+        "read_timeout": spec.read_timeout,
+        "max_body_size": spec.max_body_size,
+        "tls": spec.tls,
+    }

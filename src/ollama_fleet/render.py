@@ -1,0 +1,49 @@
+"""Templates: one Jinja Environment, and RenderedFile, which only the CLI writes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+from ollama_fleet import __version__
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    path: Path
+    content: str
+    mode: int = 0o644
+
+
+def templates_dir() -> Path:
+    """Inside the installed package (wheel), else the repository's top-level templates/."""
+    packaged = resources.files("ollama_fleet") / "templates"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "templates"
+
+
+@lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir()),
+        # A missing variable is a bug in our code, never an empty directive in a config.
+        undefined=jinja2.StrictUndefined,
+        # Config files end with a newline; Jinja would drop it.
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["regex_escape"] = re.escape
+    env.globals["version"] = __version__
+    return env
+
+
+def render(template: str, **context: object) -> str:
+    return environment().get_template(template).render(**context)

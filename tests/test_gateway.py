@@ -1,0 +1,377 @@
+"""The nginx gateway, proved with real nginx processes in front of fake Ollama instances."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import ollama
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from ollama_fleet.cli import app
+from ollama_fleet.config import load_config
+from ollama_fleet.gateway import spec_from
+from ollama_fleet.gateway.nginx import Nginx
+from ollama_fleet.gpus import Discovery, Gpu
+from ollama_fleet.plan import ModelsDir, plan
+from tests.conftest import FAKE_OLLAMA, free_port_range, require_tool, subprocess_env
+
+
+def start_instances(count: int, **env: str) -> tuple[int, list[subprocess.Popen]]:
+    base = free_port_range(count)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(FAKE_OLLAMA), "serve"],
+            env={"PATH": os.environ["PATH"], "OLLAMA_HOST": f"127.0.0.1:{base + k}", **env},
+            stderr=subprocess.DEVNULL,
+        )
+        for k in range(count)
+    ]
+    for k in range(count):
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{base + k}/api/version", timeout=0.5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "fake instance did not start"
+                time.sleep(0.02)
+    return base, procs
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+class Gateway:
+    """A real nginx running the standalone config that `render-nginx` writes."""
+
+    def __init__(self, base_port: int, count: int, *flags: str) -> None:
+        self.nginx = require_tool("nginx")
+        self.prefix = Path(tempfile.mkdtemp(prefix="fleet-nginx-"))
+        self.port = free_port_range(1)
+        self.url = f"http://127.0.0.1:{self.port}"
+        conf = self.prefix / "nginx.conf"
+        args = ["render-nginx", "--standalone", "--check", "--prefix", str(self.prefix), "-o", str(conf),
+                "--gpus", ",".join(map(str, range(count))), "--base-port", str(base_port),
+                "--listen", f"127.0.0.1:{self.port}", *flags]
+        result = subprocess.run([sys.executable, "-m", "ollama_fleet", *args], capture_output=True, text=True,
+                                env=subprocess_env(FAKE_NVML_GPUS=str(count)))
+        assert result.returncode == 0, result.stderr
+        subprocess.run([self.nginx, "-p", str(self.prefix), "-c", str(conf)], check=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(self.url + "/", timeout=0.5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.02)
+
+    def close(self) -> None:
+        subprocess.run([self.nginx, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-s", "stop"],
+                       capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def four():
+    """Four fake instances (slow enough that streams overlap) behind one nginx."""
+    base, procs = start_instances(4, FAKE_OLLAMA_TPS="20", FAKE_OLLAMA_TOKENS="10")
+    gateway = Gateway(base, 4)
+    yield gateway
+    gateway.close()
+    stop(procs)
+
+
+def test_least_conn_spreads_8_long_streams_2_per_instance(four) -> None:
+    seen: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def stream() -> None:
+        barrier.wait()
+        body = {"model": "qwen3", "prompt": "x", "options": {"num_predict": 40}}
+        with httpx.stream("POST", four.url + "/api/generate", json=body, timeout=30) as response:
+            assert response.status_code == 200
+            seen.append(response.headers["x-fleet-instance"])
+            for _ in response.iter_lines():
+                pass
+
+    threads = [threading.Thread(target=stream) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Counter(seen) == {"gpu0": 2, "gpu1": 2, "gpu2": 2, "gpu3": 2}
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/api/chat"])
+def test_ndjson_lines_arrive_within_50ms_of_being_sent(four, path: str) -> None:
+    body = {"model": "qwen3", "prompt": "x", "messages": [{"role": "user", "content": "x"}]}
+    lags = []
+    with httpx.stream("POST", four.url + path, json=body, timeout=30) as response:
+        assert response.headers["content-type"] == "application/x-ndjson"
+        for line in response.iter_lines():
+            arrived = time.time()
+            sent = datetime.fromisoformat(json.loads(line)["created_at"].replace("Z", "+00:00")).timestamp()
+            lags.append(arrived - sent)
+    assert len(lags) == 11
+    assert max(lags) < 0.05, lags
+
+
+def test_sse_events_arrive_as_they_are_generated(four) -> None:
+    body = {"model": "qwen3", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    arrivals = []
+    with httpx.stream("POST", four.url + "/v1/chat/completions", json=body, timeout=30) as response:
+        assert response.headers["content-type"] == "text/event-stream"
+        for line in response.iter_lines():
+            if line:
+                arrivals.append(time.monotonic())
+    # 10 tokens at 20/s: one event every 50 ms. Buffering would deliver them in a burst.
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:10])]
+    assert min(gaps) > 0.02, gaps
+
+
+def test_a_public_host_name_reaches_an_instance_that_checks_hosts(four) -> None:
+    response = httpx.get(four.url + "/api/version", headers={"Host": "llm.example.com"})
+    assert response.status_code == 200
+    assert response.json() == {"version": "0.33.0"}
+
+
+def test_model_writing_paths_go_to_the_first_instance(four) -> None:
+    for _ in range(4):
+        response = httpx.post(four.url + "/api/pull", json={"model": "qwen3"})
+        assert response.headers["x-fleet-instance"] == "gpu0"
+
+
+def test_official_ollama_client_through_the_gateway(four) -> None:
+    client = ollama.Client(host=four.url)
+    assert "qwen3:latest" in [m.model for m in client.list().models]
+    assert client.generate(model="qwen3", prompt="hi").response.startswith("tok0")
+    parts = [part.message.content for part in client.chat(model="qwen3", messages=[{"role": "user", "content": "x"}],
+                                                          stream=True)]
+    assert "".join(parts).startswith("tok0 tok1")
+
+
+def test_allowlist_forbids_other_clients() -> None:
+    base, procs = start_instances(1)
+    gateway = Gateway(base, 1)  # only loopback 127.0.0.1 and ::1 allowed
+    try:
+        assert httpx.get(gateway.url + "/api/version").status_code == 200
+        other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+        assert other.get(gateway.url + "/api/version").status_code == 403
+    finally:
+        gateway.close()
+        stop(procs)
+
+
+def test_api_keys(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("# team keys\nsk-fleet-0123456789\n\nsk-other-9876543210  # ci\n")
+    base, procs = start_instances(1)
+    gateway = Gateway(base, 1, "--api-keys-file", str(keys))
+    try:
+        for headers in ({}, {"Authorization": "Bearer wrong-key-123"}, {"Authorization": "sk-fleet-0123456789"},
+                        {"Authorization": "Bearer SK-FLEET-0123456789"}, {"Authorization": "Bearer sk-fleet-0123456789x"}):
+            response = httpx.get(gateway.url + "/api/tags", headers=headers)
+            assert response.status_code == 401
+            assert "error" in response.json()
+        with httpx.stream("POST", gateway.url + "/api/generate", json={"model": "qwen3", "prompt": "x"},
+                          headers={"Authorization": "Bearer sk-other-9876543210"}) as response:
+            assert response.status_code == 200
+            assert json.loads(list(response.iter_lines())[-1])["done"] is True
+        assert oct((gateway.prefix / "nginx.conf").stat().st_mode & 0o777) == "0o640"
+    finally:
+        gateway.close()
+        stop(procs)
+
+
+def test_keys_never_reach_stdout(tmp_path: Path, nvml) -> None:
+    nvml(2)
+    keys = tmp_path / "keys"
+    keys.write_text("sk-secret-0123456789\n")
+    result = CliRunner().invoke(app, ["render-nginx", "--api-keys-file", str(keys)])
+    assert result.exit_code == 0, result.output
+    assert "sk-secret" not in result.output
+    assert "Bearer <redacted>" in result.stdout
+
+
+def test_a_killed_instance_costs_no_request() -> None:
+    base, procs = start_instances(3, FAKE_OLLAMA_TOKENS="2", FAKE_OLLAMA_TPS="1000")
+    gateway = Gateway(base, 3)
+    try:
+        procs[1].kill()
+        procs[1].wait()
+        with httpx.Client(timeout=10) as client:
+            statuses = [
+                client.post(gateway.url + "/api/generate", json={"model": "qwen3", "prompt": "x", "stream": False})
+                .status_code
+                for _ in range(100)
+            ]
+        assert statuses == [200] * 100
+    finally:
+        gateway.close()
+        stop(procs)
+
+
+# ------------------------------------------------------------------ every accepted config is valid nginx
+
+networks = st.one_of(
+    st.ip_addresses(v=4).map(str),
+    st.tuples(st.ip_addresses(v=4), st.integers(0, 32)).map(lambda t: f"{t[0]}/{t[1]}"),
+    st.tuples(st.ip_addresses(v=6), st.integers(0, 128)).map(lambda t: f"{t[0]}/{t[1]}"),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    count=st.integers(1, 8),
+    per=st.integers(1, 2),
+    base_port=st.integers(1024, 60000),
+    listen=st.one_of(st.integers(1, 65535).map(str), st.integers(1, 65535).map(lambda p: f"[::]:{p}")),
+    allow=st.lists(networks, max_size=4),
+    balance=st.sampled_from(["least_conn", "round_robin", "random"]),
+    read_timeout=st.integers(1, 86400),
+    body=st.from_regex(r"[1-9][0-9]{0,4}[kmg]?", fullmatch=True),
+    keys=st.lists(st.from_regex(r"[A-Za-z0-9._~+/=-]{8,40}", fullmatch=True), max_size=3),
+)
+def test_every_accepted_config_passes_nginx_t(tmp_path_factory, count, per, base_port, listen, allow, balance,
+                                              read_timeout, body, keys) -> None:
+    require_tool("nginx")
+    if per > count:
+        return
+    tmp = tmp_path_factory.mktemp("prop")
+    flags = {"base_port": str(base_port), "gpus_per_instance": str(per), "listen": listen, "allow": allow,
+             "balance": balance, "read_timeout": str(read_timeout), "max_body_size": body}
+    if keys:
+        (tmp / "keys").write_text("\n".join(keys) + "\n")
+        flags["api_keys_file"] = str(tmp / "keys")
+    config = load_config(flags, environ={"OLLAMA_FLEET_STATE_DIR": str(tmp)}, cwd=tmp)
+    found = Discovery(gpus=[Gpu(index=i, uuid=f"GPU-{i}") for i in range(count)], pinned_by="uuid")
+    spec = spec_from(config, plan(config, found, ModelsDir(path=tmp, exists=True)))
+    Nginx().check(Nginx().render(spec, standalone=False, prefix=tmp), standalone=False)
+
+
+INJECTIONS = [
+    ["--allow", "1.2.3.4; include /etc/passwd"],
+    ["--allow", "10.0.0.0/8 }"],
+    ["--listen", "8080; include /etc/passwd"],
+    ["--max-body-size", "1m; deny all"],
+    ["--tls-cert", "/etc/ssl/a.pem;", "--tls-key", "/etc/ssl/a.key"],
+    ["--state-dir", "/tmp/x;y"],
+    ["--api-keys-file", "KEYFILE_WITH_BRACE"],
+    ["--api-keys-file", "KEYFILE_WITH_NEWLINE"],
+]
+
+
+@pytest.mark.parametrize("args", INJECTIONS)
+def test_injection_attempts_exit_2_and_write_nothing(tmp_path: Path, nvml, args: list[str]) -> None:
+    nvml(2)
+    brace = tmp_path / "brace"
+    brace.write_text('sk-valid-0123456789\nsk-evil"; } server { listen 1; #\n')
+    newline = tmp_path / "newline"
+    newline.write_text("sk-valid-0123456789\r\ninclude /etc/passwd;\n")
+    args = [{"KEYFILE_WITH_BRACE": str(brace), "KEYFILE_WITH_NEWLINE": str(newline)}.get(a, a) for a in args]
+    out = tmp_path / "out.conf"
+    result = CliRunner().invoke(app, ["render-nginx", "-o", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    assert "sk-evil" not in result.output
+
+
+def test_check_reports_nginx_own_message(tmp_path: Path, nvml, monkeypatch) -> None:
+    require_tool("nginx")
+    nvml(1)
+    # A snippet that nginx rejects: an upstream without servers.
+    result = CliRunner().invoke(app, ["render-nginx", "--check", "--listen", "127.0.0.1:1"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setattr(Nginx, "render", lambda self, spec, **kw: "upstream ollama_fleet { }\n")
+    result = CliRunner().invoke(app, ["render-nginx", "--check"])
+    assert result.exit_code == 1
+    assert "[emerg]" in result.stderr and "no servers are inside upstream" in result.stderr
+
+
+def test_check_without_nginx_is_exit_3(tmp_path: Path, nvml, monkeypatch) -> None:
+    nvml(1)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr("ollama_fleet.gateway.TOOL_DIRS", str(tmp_path))
+    result = CliRunner().invoke(app, ["render-nginx", "--check"])
+    assert result.exit_code == 3
+    assert "nginx is not installed" in result.stderr
+
+
+# ------------------------------------------------------------------ `up` runs it, `down` stops it
+
+
+def test_up_starts_reloads_and_down_stops_the_gateway(fleet) -> None:
+    require_tool("nginx")
+    port = free_port_range(1)
+    flags = ["--gateway", "--listen", f"127.0.0.1:{port}"]
+    result = fleet.run("up", *flags)
+    assert result.returncode == 0, result.stderr
+    assert f"gateway: nginx started, listening on 127.0.0.1:{port}" in result.stdout
+    url = f"http://127.0.0.1:{port}"
+    assert httpx.get(url + "/api/version", headers={"Host": "llm.example.com"}).status_code == 200
+    master = json.loads((fleet.state / "gateway.json").read_text())["process"]["pid"]
+
+    result = fleet.run("up", *flags, "--gpus", "0")
+    assert result.returncode == 0, result.stderr
+    assert "gateway: nginx reloaded" in result.stdout
+    assert json.loads((fleet.state / "gateway.json").read_text())["process"]["pid"] == master  # not restarted
+    names = {httpx.get(url + "/api/version").headers["x-fleet-instance"] for _ in range(6)}
+    assert names == {"gpu0"}
+
+    result = fleet.run("down")
+    assert "and the gateway" in result.stdout
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url + "/api/version", timeout=2)
+
+
+def test_standalone_config_runs_unprivileged(tmp_path: Path) -> None:
+    """`nginx -p DIR -c FILE` as an ordinary user: pid, logs and temp paths all under DIR."""
+    nginx = require_tool("nginx")
+    base, procs = start_instances(1)
+    prefix = Path(tempfile.mkdtemp(prefix="fleet-nobody-"))
+    os.chmod(prefix, 0o777)
+    port = free_port_range(1)
+    conf = prefix / "nginx.conf"
+    result = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-m", "ollama_fleet",
+         "render-nginx", "--standalone", "--check", "--prefix", str(prefix), "-o", str(conf), "--gpus", "0",
+         "--base-port", str(base), "--listen", f"127.0.0.1:{port}", "--state-dir", str(prefix / "state")],
+        capture_output=True, text=True, env=subprocess_env(FAKE_NVML_GPUS="1", HOME=str(prefix)),
+    )
+    try:
+        assert result.returncode == 0, result.stderr
+        assert "\nuser " not in conf.read_text()  # no user directive when not root
+        subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", nginx, "-p", str(prefix),
+                        "-c", str(conf)], check=True, capture_output=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/api/version").status_code == 200
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert (prefix / "nginx.pid").exists()
+    finally:
+        pid = prefix / "nginx.pid"
+        if pid.exists():
+            os.kill(int(pid.read_text()), signal.SIGTERM)
+        stop(procs)
