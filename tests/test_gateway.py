@@ -350,15 +350,15 @@ def test_standalone_config_runs_unprivileged(tmp_path: Path) -> None:
     os.chmod(prefix, 0o777)
     port = free_port_range(1)
     conf = prefix / "nginx.conf"
-    result = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-m", "ollama_fleet",
-         "render-nginx", "--standalone", "--check", "--prefix", str(prefix), "-o", str(conf), "--gpus", "0",
-         "--base-port", str(base), "--listen", f"127.0.0.1:{port}", "--state-dir", str(prefix / "state")],
-        capture_output=True, text=True, env=subprocess_env(FAKE_NVML_GPUS="1", HOME=str(prefix)),
+    gateway_files = subprocess.run(
+        [sys.executable, "-m", "ollama_fleet", "render-nginx", "--standalone", "--check", "--prefix", str(prefix),
+         "-o", str(conf), "--gpus", "0", "--base-port", str(base), "--listen", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, env=subprocess_env(FAKE_NVML_GPUS="1"),
     )
     try:
-        assert result.returncode == 0, result.stderr
-        assert "\nuser " not in conf.read_text()  # no user directive when not root
+        assert gateway_files.returncode == 0, gateway_files.stderr
+        for path in prefix.rglob("*"):
+            os.chown(path, 65534, 65534)
         subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", nginx, "-p", str(prefix),
                         "-c", str(conf)], check=True, capture_output=True)
         deadline = time.monotonic() + 10
@@ -375,3 +375,17 @@ def test_standalone_config_runs_unprivileged(tmp_path: Path) -> None:
         if pid.exists():
             os.kill(int(pid.read_text()), signal.SIGTERM)
         stop(procs)
+
+
+def test_standalone_names_its_worker_user_only_when_root(monkeypatch, tmp_path: Path) -> None:
+    config = load_config({}, environ={"OLLAMA_FLEET_STATE_DIR": str(tmp_path)}, cwd=tmp_path)
+    found = Discovery(gpus=[Gpu(index=0, uuid="GPU-0")], pinned_by="uuid")
+    spec = spec_from(config, plan(config, found, ModelsDir(path=tmp_path, exists=True)))
+    from ollama_fleet.gateway import worker_user
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert worker_user("ollama") is None
+    assert "\nuser " not in Nginx().render(spec, standalone=True, prefix=tmp_path, user=None)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert worker_user("root") == ("nobody", "nogroup")  # never root by accident
+    assert "\nuser nobody nogroup;\n" in Nginx().render(spec, standalone=True, prefix=tmp_path, user=worker_user(None))
