@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""What the nginx gateway costs: the same streamed workload direct to the instances and
+through the gateway, in one run.
+
+    python benchmarks/gateway.py
+
+Targets: TTFT p50 through the gateway within 1 ms of direct (loopback), and aggregate
+tokens/s gateway/direct >= 0.97 at concurrency 64.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+INSTANCES = 8
+CONCURRENCY = 64
+REQUESTS = 256
+TOKENS = 40
+
+
+def main() -> int:
+    sys.path.insert(0, str(ROOT))
+    from ollama_fleet.bench import run_load
+    from tests.conftest import FAKE_OLLAMA, FAKES, free_port_range
+
+    import httpx
+
+    base = free_port_range(INSTANCES)
+    port = free_port_range(1)
+    instance_env = {"PATH": os.environ["PATH"], "OLLAMA_NUM_PARALLEL": "8", "FAKE_OLLAMA_TPS": "25"}
+    procs = [
+        subprocess.Popen([sys.executable, str(FAKE_OLLAMA), "serve"], stderr=subprocess.DEVNULL,
+                         env={**instance_env, "OLLAMA_HOST": f"127.0.0.1:{base + k}"})
+        for k in range(INSTANCES)
+    ]
+    prefix = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    conf = prefix / "nginx.conf"
+    nginx = None
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "ollama_fleet", "render-nginx", "--standalone", "--check", "--prefix", str(prefix),
+             "-o", str(conf), "--base-port", str(base), "--listen", f"127.0.0.1:{port}"],
+            check=True, env={**os.environ, "PYTHONPATH": str(FAKES), "FAKE_NVML_GPUS": str(INSTANCES)},
+        )
+        nginx = subprocess.run(["nginx", "-p", str(prefix), "-c", str(conf)], check=True)
+        for url in [f"http://127.0.0.1:{base + k}" for k in range(INSTANCES)] + [f"http://127.0.0.1:{port}"]:
+            for _ in range(200):
+                try:
+                    httpx.get(url + "/api/version", timeout=0.5)
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+        direct_urls = [f"http://127.0.0.1:{base + k}" for k in range(INSTANCES)]
+        gateway_urls = [f"http://127.0.0.1:{port}"]
+        run_load(direct_urls, "qwen3", concurrency=CONCURRENCY, requests=CONCURRENCY, num_predict=5)  # warm up
+        results = {}
+        # Interleave the two, twice, so drift on a shared machine hits both alike.
+        for name, urls in [("direct", direct_urls), ("gateway", gateway_urls)] * 2:
+            r = run_load(urls, "qwen3", concurrency=CONCURRENCY, requests=REQUESTS, num_predict=TOKENS)
+            results.setdefault(name, []).append(r)
+    finally:
+        if nginx is not None:
+            subprocess.run(["nginx", "-p", str(prefix), "-c", str(conf), "-s", "stop"], capture_output=True)
+        for proc in procs:
+            proc.kill()
+
+    def best(name: str):
+        return max(results[name], key=lambda r: r.tokens_per_s)
+
+    direct, gateway = best("direct"), best("gateway")
+    print(f"{INSTANCES} fake instances x 8 slots, concurrency {CONCURRENCY}, {REQUESTS} streamed requests of {TOKENS} tokens")
+    print(f"{'':8} {'tokens/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'errors':>6}")
+    for name, r in (("direct", direct), ("gateway", gateway)):
+        print(f"{name:8} {r.tokens_per_s:9.0f} {r.ttft(0.5) * 1000:7.1f}ms {r.ttft(0.99) * 1000:7.1f}ms "
+              f"{sum(r.errors.values()):6}")
+    print(f"tokens/s gateway/direct: {gateway.tokens_per_s / direct.tokens_per_s:.3f} (target >= 0.97)")
+    print(f"TTFT p50 gateway - direct: {(gateway.ttft(0.5) - direct.ttft(0.5)) * 1000:+.2f} ms (target <= 1 ms)")
+    print(f"gateway split per instance: {dict(sorted(gateway.split.items()))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
