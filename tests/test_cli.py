@@ -131,6 +131,7 @@ BAD_INPUTS = [
     ([], {"OLLAMA_FLEET_BASE_PORT": "-1"}, None, 2, "base_port"),
     ([], {"OLLAMA_FLEET_ALLOW": "300.1.1.1/8"}, None, 2, "allow[0]"),
     ([], {"OLLAMA_FLEET_LISTEN": "example.com:80"}, None, 2, "listen"),
+    ([], {"OLLAMA_FLEET_ALLOW": "255.255.255.255"}, None, 2, "allow[0]"),  # found by hypothesis: nginx rejects it
     ([], {"OLLAMA_FLEET_BALANCE": "fastest"}, None, 2, "balance"),
     ([], {"OLLAMA_FLEET_MAX_BODY_SIZE": "lots"}, None, 2, "max_body_size"),
     ([], {"OLLAMA_FLEET_TLS_CERT": "/etc/cert.pem"}, None, 2, "tls_key"),

@@ -273,6 +273,7 @@ INJECTIONS = [
     ["--max-body-size", "1m; deny all"],
     ["--tls-cert", "/etc/ssl/a.pem;", "--tls-key", "/etc/ssl/a.key"],
     ["--state-dir", "/tmp/x;y"],
+    ["--standalone", "--prefix", "/tmp/p; include /etc/passwd"],
     ["--api-keys-file", "KEYFILE_WITH_BRACE"],
     ["--api-keys-file", "KEYFILE_WITH_NEWLINE"],
 ]

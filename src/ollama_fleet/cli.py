@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ollama_fleet import __version__, probe
-from ollama_fleet.config import FleetConfig, load_config
+from ollama_fleet.config import FleetConfig, checked_path, load_config
 from ollama_fleet.errors import BadInput, FleetError, Missing, UserError
 from ollama_fleet.gpus import Discovery, resolve
 from ollama_fleet.plan import Plan, inspect_models_dir, plan, plan_json
@@ -135,6 +135,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output (
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="show tracebacks of errors")]
 
 
+def _settings(values: dict[str, Any]) -> dict[str, Any]:
+    """A command's flags that are settings (its other parameters, like --json, are not)."""
+    return {name: value for name, value in values.items() if name in FleetConfig.model_fields}
+
+
 def _config(config: Path | None, verbose: bool = False, **flags: Any) -> FleetConfig:
     global _verbose
     _verbose = verbose
@@ -217,10 +222,7 @@ def plan_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """Show the instances `up` would start; starts nothing."""
-    cfg = _config(
-        config, verbose, gpus=gpus, gpus_per_instance=gpus_per_instance, base_port=base_port,
-        models_dir=models_dir, keep_alive=keep_alive, state_dir=state_dir, env=env,
-    )
+    cfg = _config(config, verbose, **_settings(locals()))
     result = _plan(cfg)
     if json_:
         _print_json(plan_json(result))
@@ -280,13 +282,7 @@ def up_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """Start one pinned `ollama serve` per GPU (or group), wait until each answers, supervise them."""
-    cfg = _config(
-        config, verbose, gpus=gpus, gpus_per_instance=gpus_per_instance, base_port=base_port,
-        models_dir=models_dir, keep_alive=keep_alive, ollama_bin=ollama_bin, user=user, state_dir=state_dir,
-        wait_timeout=wait_timeout, preload=preload, env=env, gateway=gateway, listen=listen, allow=allow,
-        api_keys_file=api_keys_file, balance=balance, read_timeout=read_timeout, max_body_size=max_body_size,
-        tls_cert=tls_cert, tls_key=tls_key,
-    )
+    cfg = _config(config, verbose, **_settings(locals()))
     result = _plan(cfg)
     assert cfg.state_dir is not None
     home = cfg.state_dir
@@ -462,14 +458,9 @@ def render_nginx_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """Render the nginx gateway: an http-level snippet for conf.d/, or a standalone nginx.conf."""
-    cfg = _config(
-        config, verbose, gpus=gpus, gpus_per_instance=gpus_per_instance, base_port=base_port, state_dir=state_dir,
-        listen=listen, allow=allow, api_keys_file=api_keys_file, balance=balance, read_timeout=read_timeout,
-        max_body_size=max_body_size, tls_cert=tls_cert, tls_key=tls_key,
-    )
+    cfg = _config(config, verbose, **_settings(locals()))
     assert cfg.state_dir is not None
-    root = load_config({"state_dir": prefix}, environ={}).state_dir if prefix else cfg.state_dir / "gateway"
-    assert root is not None
+    root = checked_path(prefix, "prefix") if prefix else cfg.state_dir / "gateway"
     result = _plan(cfg)
     spec = spec_from(cfg, result)
     if message := exposure_warning(spec):

@@ -62,9 +62,13 @@ def _network(value: Any) -> Any:
         return value
     try:
         # strict=False: "192.168.1.7/24" means the /24 it lies in, as nginx reads it.
-        return ipaddress.ip_network(str(value).strip(), strict=False)
+        network = ipaddress.ip_network(str(value).strip(), strict=False)
     except ValueError:
         raise ValueError("not a valid IP network") from None
+    if network == ipaddress.ip_network("255.255.255.255/32"):
+        # No client has the broadcast address, and nginx cannot parse it (INADDR_NONE).
+        raise ValueError("255.255.255.255 is the broadcast address, never a client")
+    return network
 
 
 def _keep_alive(value: str) -> str:
@@ -100,6 +104,14 @@ def _split(value: Any) -> Any:
 
 
 SafePath = Annotated[Path, AfterValidator(_safe_path)]
+
+
+def checked_path(value: str, field: str) -> Path:
+    """A path flag that is no setting (`--prefix`), checked like the settings' paths."""
+    try:
+        return _safe_path(Path(value))
+    except ValueError as exc:
+        raise BadInput(f"{field}: {exc} (got {value[:60]!r})") from None
 Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
 Model = Annotated[str, AfterValidator(_model)]
 
