@@ -390,3 +390,43 @@ def test_standalone_names_its_worker_user_only_when_root(monkeypatch, tmp_path: 
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert worker_user("root") == ("nobody", "nogroup")  # never root by accident
     assert "\nuser nobody nogroup;\n" in Nginx().render(spec, standalone=True, prefix=tmp_path, user=worker_user(None))
+
+
+def test_tls_gateway_serves_https(tmp_path: Path) -> None:
+    openssl = require_tool("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    base, procs = start_instances(1)
+    port = free_port_range(1)
+    prefix = Path(tempfile.mkdtemp(prefix="fleet-tls-"))
+    conf = prefix / "nginx.conf"
+    result = subprocess.run(
+        [sys.executable, "-m", "ollama_fleet", "render-nginx", "--standalone", "--check", "--prefix", str(prefix),
+         "-o", str(conf), "--gpus", "0", "--base-port", str(base), "--listen", f"127.0.0.1:{port}",
+         "--tls-cert", str(cert), "--tls-key", str(key)],
+        capture_output=True, text=True, env=subprocess_env(FAKE_NVML_GPUS="1"),
+    )
+    try:
+        assert result.returncode == 0, result.stderr
+        subprocess.run([require_tool("nginx"), "-p", str(prefix), "-c", str(conf)], check=True)
+        response = None
+        for _ in range(100):
+            try:
+                response = httpx.get(f"https://127.0.0.1:{port}/api/version", verify=str(cert))
+                break
+            except httpx.ConnectError:
+                time.sleep(0.05)
+        assert response is not None and response.status_code == 200
+        assert response.headers["x-fleet-instance"] == "gpu0"
+    finally:
+        subprocess.run([require_tool("nginx"), "-p", str(prefix), "-c", str(conf), "-s", "stop"], capture_output=True)
+        stop(procs)
+
+
+def test_tls_files_must_exist(tmp_path: Path, nvml) -> None:
+    nvml(1)
+    result = CliRunner().invoke(app, ["render-nginx", "--tls-cert", str(tmp_path / "c.pem"),
+                                      "--tls-key", str(tmp_path / "k.pem")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: tls_cert: ") and "does not exist" in result.stderr
