@@ -17,12 +17,13 @@ from pathlib import Path
 import httpx
 import ollama
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from ollama_fleet.cli import app
 from ollama_fleet.config import load_config
+from ollama_fleet.errors import BadInput
 from ollama_fleet.gateway import spec_from
 from ollama_fleet.gateway.nginx import Nginx
 from ollama_fleet.gpus import Discovery, Gpu
@@ -260,7 +261,10 @@ def test_every_accepted_config_passes_nginx_t(tmp_path_factory, count, per, base
     if keys:
         (tmp / "keys").write_text("\n".join(keys) + "\n")
         flags["api_keys_file"] = str(tmp / "keys")
-    config = load_config(flags, environ={"OLLAMA_FLEET_STATE_DIR": str(tmp)}, cwd=tmp)
+    try:
+        config = load_config(flags, environ={"OLLAMA_FLEET_STATE_DIR": str(tmp)}, cwd=tmp)
+    except BadInput:
+        reject()  # the property is about what validation accepts
     found = Discovery(gpus=[Gpu(index=i, uuid=f"GPU-{i}") for i in range(count)], pinned_by="uuid")
     spec = spec_from(config, plan(config, found, ModelsDir(path=tmp, exists=True)))
     Nginx().check(Nginx().render(spec, standalone=False, prefix=tmp), standalone=False)
