@@ -30,7 +30,6 @@ from ollama_fleet.gateway import (
     find_tool,
     secret_mode,
     spec_from,
-    wait_answering,
     worker_user,
 )
 from ollama_fleet.gateway import converge as gateway_converge
@@ -341,7 +340,7 @@ def up_command(
     if engine is not None and spec is not None:
         try:
             action, gw = gateway_converge(engine, spec, home, worker_user(new.user))
-            if not wait_answering(spec.probe_url, 10):
+            if not probe.gateway_answers(spec.probe_url, 10):
                 problems.append(f"the gateway did not answer on {spec.probe_url}; see {home}/gateway/logs/error.log")
             out.print(f"gateway: {engine.name} {action}, listening on {spec.listen} (pid {gw.process.pid if gw.process else '-'})")
         except FleetError as exc:

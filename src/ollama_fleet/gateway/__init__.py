@@ -201,17 +201,3 @@ def converge(engine: Engine, spec: GatewaySpec, state_dir: Path, user: tuple[str
     write_model(state_dir / GATEWAY, state)
     return action, state
 
-
-def wait_answering(url: str, timeout: float) -> bool:
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url + "/", timeout=1, verify=False, trust_env=False)
-            return True  # any HTTP answer (even 403/401) means it listens
-        except httpx.TransportError:
-            time.sleep(0.05)
-    return False
