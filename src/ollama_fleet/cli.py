@@ -53,11 +53,11 @@ from ollama_fleet.supervisor import (
     exited,
     launch_background,
     live_supervisor,
-    log_tail,
     preflight,
     resolve_binary,
     stop_fleet,
     wait_ready,
+    with_log_tail,
 )
 
 app = typer.Typer(
@@ -233,7 +233,7 @@ def plan_command(
     for inst in result.instances:
         table.add_row(
             inst.name,
-            ",".join(str(g.index) if g.mig is None else f"{g.index}-mig{g.mig}" for g in inst.gpus),
+            ",".join(g.label for g in inst.gpus),
             inst.address,
             Text(inst.env["CUDA_VISIBLE_DEVICES"], overflow="fold"),
         )
@@ -314,8 +314,7 @@ def up_command(
 
         def tick() -> None:
             if background is not None and exited(background):
-                tail = "\n".join("    " + line for line in log_tail(home / SUPERVISOR_LOG))
-                raise UserError(f"the supervisor exited at start; last lines of {home / SUPERVISOR_LOG}:\n{tail}")
+                raise UserError(with_log_tail("the supervisor exited at start", home / SUPERVISOR_LOG))
 
         if running is not None:
             os.kill(running.pid, signal.SIGHUP)  # converge to the new fleet.json
@@ -406,7 +405,7 @@ def _print_up(new: Desired, todo: list[Change], ready: Readiness, actual: Actual
         failed = inst.name in ready.failed
         table.add_row(
             inst.name,
-            ",".join(str(g.index) if g.mig is None else f"{g.index}-mig{g.mig}" for g in inst.gpus),
+            ",".join(g.label for g in inst.gpus),
             inst.address,
             str(st.pid) if st and st.pid else "-",
             Text("failed", style="bold red") if failed else label.get(action.get(inst.name, ""), "?"),

@@ -28,6 +28,11 @@ class GpuRef(BaseModel):
     uuid: str | None
     mig: int | None = None
 
+    @property
+    def label(self) -> str:
+        """`3`, or `3-mig1` for a MIG slice: how tables show it."""
+        return str(self.index) if self.mig is None else f"{self.index}-mig{self.mig}"
+
 
 class Instance(BaseModel):
     """One `ollama serve`: its GPUs, address, the environment the fleet sets, its log file."""

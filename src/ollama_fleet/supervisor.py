@@ -130,12 +130,16 @@ def port_holder(port: int, host: str = "127.0.0.1") -> str | None:
     return "another process"
 
 
-def log_tail(path: Path, lines: int = 10) -> list[str]:
+def with_log_tail(message: str, path: Path, lines: int = 10) -> str:
+    """The message, then (indented) the last lines of the log that explains it."""
     try:
         with path.open(errors="replace") as fh:
-            return [line.rstrip("\n") for line in deque(fh, maxlen=lines)]
+            tail = [line.rstrip("\n") for line in deque(fh, maxlen=lines)]
     except OSError:
-        return []
+        tail = []
+    if not tail:
+        return message
+    return f"{message}; last lines of {path}:\n" + "\n".join("    " + line for line in tail)
 
 
 def resolve_binary(name: Path) -> str:
@@ -212,8 +216,7 @@ class Supervisor:
         return 128 + self.stop_signal
 
     def stop_all(self, timeout: float = STOP_TIMEOUT) -> None:
-        records = [ProcessRecord.of(c.popen.pid) for c in self.children.values() if self._running(c)]
-        stop_processes(records, timeout)
+        self._stop(self.children.values(), timeout)
         for child in self.children.values():
             if child.popen is not None:
                 child.popen.poll()  # reap
@@ -224,6 +227,9 @@ class Supervisor:
     @staticmethod
     def _running(child: Child) -> bool:
         return child.popen is not None and child.popen.poll() is None
+
+    def _stop(self, children: Iterable[Child], timeout: float) -> None:
+        stop_processes([ProcessRecord.of(c.popen.pid) for c in children if self._running(c) and c.popen], timeout)
 
     def _reconcile(self) -> None:
         desired = read_desired(self.state_dir)
@@ -236,9 +242,7 @@ class Supervisor:
             if name not in wanted or child.spec != desired.spec(wanted[name])
         ]
         stopping = [self.children[name] for name in stale]
-        stop_processes(
-            [ProcessRecord.of(c.popen.pid) for c in stopping if self._running(c)], STOP_TIMEOUT
-        )
+        self._stop(stopping, STOP_TIMEOUT)
         for child in stopping:
             if child.popen is not None:
                 child.popen.wait()
@@ -500,7 +504,7 @@ def wait_ready(
                 continue  # the supervisor has not taken this plan yet
             baseline.setdefault(name, st.exits)
             if st.exits > baseline[name]:
-                result.failed[name] = _failure(inst, f"{name} exited during start-up ({st.last_exit})")
+                result.failed[name] = with_log_tail(f"{name} exited during start-up ({st.last_exit})", inst.log)
             elif st.pid is not None:
                 probing[name] = inst.address
         for name in result.failed:
@@ -512,18 +516,13 @@ def wait_ready(
         progress(len(result.versions), len(desired.instances))
         if pending and time.monotonic() > deadline:
             for name, inst in pending.items():
-                result.failed[name] = _failure(inst, f"{name} did not answer GET /api/version within {timeout:g}s")
+                result.failed[name] = with_log_tail(
+                    f"{name} did not answer GET /api/version within {timeout:g}s", inst.log
+                )
             break
         if pending:
             time.sleep(0.05)
     return result
-
-
-def _failure(inst: Instance, message: str) -> str:
-    tail = log_tail(inst.log)
-    if not tail:
-        return message
-    return message + f"; last lines of {inst.log}:\n" + "\n".join("    " + line for line in tail)
 
 
 def stop_fleet(state_dir: Path, timeout: float) -> tuple[int, bool] | None:
@@ -537,9 +536,8 @@ def stop_fleet(state_dir: Path, timeout: float) -> tuple[int, bool] | None:
     gateway = read_gateway(state_dir)
     if actual is None and gateway is None and not desired_path.exists():
         return None
-    gateway_stopped = gateway is not None and gateway.process is not None
-    if gateway is not None and gateway.process is not None:
-        gateway_stopped = stop_processes([gateway.process], timeout) > 0  # SIGTERM: nginx's fast shutdown
+    # SIGTERM to nginx's master: its fast shutdown.
+    gateway_stopped = bool(gateway and gateway.process and stop_processes([gateway.process], timeout))
     (state_dir / GATEWAY).unlink(missing_ok=True)
     stopped = 0
     if actual is not None:
