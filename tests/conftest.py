@@ -65,7 +65,7 @@ def require_tool(name: str) -> str:
     if path is None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{name} is required under CI=true but is not installed")
-        pytest.skip(f"{name} is not installed")
+        pytest.skip(f"{name} is not installed")  # only outside CI: under CI=true it failed above
     return path
 
 
@@ -126,3 +126,43 @@ def fleet(tmp_path: Path):
     f = Fleet()
     yield f
     f.run("down", "--timeout", "2")
+
+
+def wait_answering(url: str, timeout: float = 10.0, **kwargs: object):
+    """Poll until `url` answers HTTP at all (any status) and return that response."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.get(url, timeout=0.5, **kwargs)
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} did not answer within {timeout}s") from None
+            time.sleep(0.02)
+
+
+def start_instances(count: int, **env: str):
+    """`count` fake `ollama serve` on consecutive free ports; returns (base port, processes)."""
+    import subprocess
+
+    base = free_port_range(count)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(FAKE_OLLAMA), "serve"],
+            env={"PATH": os.environ["PATH"], "OLLAMA_HOST": f"127.0.0.1:{base + k}", **env},
+            stderr=subprocess.DEVNULL,
+        )
+        for k in range(count)
+    ]
+    for k in range(count):
+        wait_answering(f"http://127.0.0.1:{base + k}/api/version")
+    return base, procs
+
+
+def stop(procs) -> None:
+    for proc in procs:
+        proc.kill()
+        proc.wait()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ollama_fleet.bench import run_load
-from tests.test_gateway import start_instances, stop
+from tests.conftest import start_instances, stop
 
 
 def test_run_load_counts_tokens_instances_and_errors() -> None:

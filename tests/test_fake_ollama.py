@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -13,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import FAKE_OLLAMA, free_port_range
+from tests.conftest import FAKE_OLLAMA, start_instances, stop
 
 
 @pytest.fixture
@@ -22,26 +21,12 @@ def fake(tmp_path):
     procs = []
 
     def start(**env: str):
-        port = free_port_range(1)
-        proc = subprocess.Popen(
-            [sys.executable, str(FAKE_OLLAMA), "serve"],
-            env={"OLLAMA_HOST": f"127.0.0.1:{port}", "PATH": "/usr/bin:/bin", **env},
-            stderr=subprocess.PIPE,
-        )
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                httpx.get(url + "/api/version", timeout=0.5)
-                return url, proc
-            except httpx.TransportError:
-                time.sleep(0.02)
-        raise RuntimeError("fake did not start")
+        base, started = start_instances(1, **env)
+        procs.extend(started)
+        return f"http://127.0.0.1:{base}", started[0]
 
     yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait()
+    stop(procs)
 
 
 def test_root_version_tags(fake) -> None:

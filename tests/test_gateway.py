@@ -28,35 +28,7 @@ from ollama_fleet.gateway import spec_from
 from ollama_fleet.gateway.nginx import Nginx
 from ollama_fleet.gpus import Discovery, Gpu
 from ollama_fleet.plan import ModelsDir, plan
-from tests.conftest import FAKE_OLLAMA, free_port_range, require_tool, subprocess_env
-
-
-def start_instances(count: int, **env: str) -> tuple[int, list[subprocess.Popen]]:
-    base = free_port_range(count)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(FAKE_OLLAMA), "serve"],
-            env={"PATH": os.environ["PATH"], "OLLAMA_HOST": f"127.0.0.1:{base + k}", **env},
-            stderr=subprocess.DEVNULL,
-        )
-        for k in range(count)
-    ]
-    for k in range(count):
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{base + k}/api/version", timeout=0.5)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "fake instance did not start"
-                time.sleep(0.02)
-    return base, procs
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        proc.kill()
-        proc.wait()
+from tests.conftest import free_port_range, require_tool, start_instances, stop, subprocess_env, wait_answering
 
 
 class Gateway:
@@ -75,14 +47,7 @@ class Gateway:
                                 env=subprocess_env(FAKE_NVML_GPUS=str(count)))
         assert result.returncode == 0, result.stderr
         subprocess.run([self.nginx, "-p", str(self.prefix), "-c", str(conf)], check=True)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                httpx.get(self.url + "/", timeout=0.5)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.02)
+        wait_answering(self.url + "/")
 
     def close(self) -> None:
         subprocess.run([self.nginx, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-s", "stop"],
@@ -366,14 +331,7 @@ def test_standalone_config_runs_unprivileged(tmp_path: Path) -> None:
             os.chown(path, 65534, 65534)
         subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", nginx, "-p", str(prefix),
                         "-c", str(conf)], check=True, capture_output=True)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                assert httpx.get(f"http://127.0.0.1:{port}/api/version").status_code == 200
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        assert wait_answering(f"http://127.0.0.1:{port}/api/version").status_code == 200
         assert (prefix / "nginx.pid").exists()
     finally:
         pid = prefix / "nginx.pid"
@@ -414,14 +372,8 @@ def test_tls_gateway_serves_https(tmp_path: Path) -> None:
     try:
         assert result.returncode == 0, result.stderr
         subprocess.run([require_tool("nginx"), "-p", str(prefix), "-c", str(conf)], check=True)
-        response = None
-        for _ in range(100):
-            try:
-                response = httpx.get(f"https://127.0.0.1:{port}/api/version", verify=str(cert))
-                break
-            except httpx.ConnectError:
-                time.sleep(0.05)
-        assert response is not None and response.status_code == 200
+        response = wait_answering(f"https://127.0.0.1:{port}/api/version", verify=str(cert))
+        assert response.status_code == 200
         assert response.headers["x-fleet-instance"] == "gpu0"
     finally:
         subprocess.run([require_tool("nginx"), "-p", str(prefix), "-c", str(conf), "-s", "stop"], capture_output=True)
