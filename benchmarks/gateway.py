@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,18 +26,10 @@ TOKENS = 40
 def main() -> int:
     sys.path.insert(0, str(ROOT))
     from ollama_fleet.bench import run_load
-    from tests.conftest import FAKE_OLLAMA, FAKES, free_port_range
+    from tests.conftest import FAKES, free_port_range, start_instances, stop, wait_answering
 
-    import httpx
-
-    base = free_port_range(INSTANCES)
+    base, procs = start_instances(INSTANCES, OLLAMA_NUM_PARALLEL="8", FAKE_OLLAMA_TPS="25")
     port = free_port_range(1)
-    instance_env = {"PATH": os.environ["PATH"], "OLLAMA_NUM_PARALLEL": "8", "FAKE_OLLAMA_TPS": "25"}
-    procs = [
-        subprocess.Popen([sys.executable, str(FAKE_OLLAMA), "serve"], stderr=subprocess.DEVNULL,
-                         env={**instance_env, "OLLAMA_HOST": f"127.0.0.1:{base + k}"})
-        for k in range(INSTANCES)
-    ]
     prefix = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     conf = prefix / "nginx.conf"
     nginx = None
@@ -49,13 +40,7 @@ def main() -> int:
             check=True, env={**os.environ, "PYTHONPATH": str(FAKES), "FAKE_NVML_GPUS": str(INSTANCES)},
         )
         nginx = subprocess.run(["nginx", "-p", str(prefix), "-c", str(conf)], check=True)
-        for url in [f"http://127.0.0.1:{base + k}" for k in range(INSTANCES)] + [f"http://127.0.0.1:{port}"]:
-            for _ in range(200):
-                try:
-                    httpx.get(url + "/api/version", timeout=0.5)
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.05)
+        wait_answering(f"http://127.0.0.1:{port}/api/version")
         direct_urls = [f"http://127.0.0.1:{base + k}" for k in range(INSTANCES)]
         gateway_urls = [f"http://127.0.0.1:{port}"]
         run_load(direct_urls, "qwen3", concurrency=CONCURRENCY, requests=CONCURRENCY, num_predict=5)  # warm up
@@ -67,8 +52,7 @@ def main() -> int:
     finally:
         if nginx is not None:
             subprocess.run(["nginx", "-p", str(prefix), "-c", str(conf), "-s", "stop"], capture_output=True)
-        for proc in procs:
-            proc.kill()
+        stop(procs)
 
     def best(name: str):
         return max(results[name], key=lambda r: r.tokens_per_s)

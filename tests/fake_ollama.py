@@ -196,13 +196,15 @@ class Handler(BaseHTTPRequestHandler):
             return False
         return True
 
-    def _json(self, status: int, body: object) -> None:
-        data = dumps(body).encode()
+    def _send(self, status: int, data: bytes, content_type: str) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def _json(self, status: int, body: object) -> None:
+        self._send(status, dumps(body).encode(), "application/json; charset=utf-8")
 
     def _body(self) -> dict | None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -239,7 +241,6 @@ class Handler(BaseHTTPRequestHandler):
         if not self._check_host():
             return
         routes = {
-            "/": None,
             "/api/version": lambda: {"version": VERSION},
             "/api/tags": lambda: {"models": [tag(m) for m in MODELS]},
             "/api/ps": lambda: {"models": ENGINE.ps()},
@@ -250,24 +251,14 @@ class Handler(BaseHTTPRequestHandler):
             },
         }
         if self.path == "/":
-            data = b"Ollama is running"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self._send(200, b"Ollama is running", "text/plain; charset=utf-8")
         elif self.path in routes:
             self._json(200, routes[self.path]())
         else:
             self._not_found()
 
     def _not_found(self) -> None:
-        data = b"404 page not found"
-        self.send_response(404)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self._send(404, b"404 page not found", "text/plain")
 
     def do_POST(self) -> None:
         if not self._check_host():
@@ -351,12 +342,7 @@ class Handler(BaseHTTPRequestHandler):
                 self._chunk(b"data: [DONE]\n\n")
             self._end_stream()
         else:
-            data = final
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self._send(200, final, "application/json; charset=utf-8")
 
     def _piece(self, kind: str, model: str, token: str) -> bytes:
         if kind == "generate":
