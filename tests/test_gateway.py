@@ -386,3 +386,17 @@ def test_tls_files_must_exist(tmp_path: Path, nvml) -> None:
                                       "--tls-key", str(tmp_path / "k.pem")])
     assert result.exit_code == 2
     assert result.stderr.startswith("error: tls_cert: ") and "does not exist" in result.stderr
+
+
+def test_up_refuses_a_taken_gateway_port_before_starting_anything(fleet) -> None:
+    require_tool("nginx")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = fleet.run("up", "--gateway", "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: listen: port {port} for the gateway is taken by pid {os.getpid()}")
+    assert not (fleet.state / "fleet.json").exists()  # no instance was started

@@ -33,6 +33,7 @@ from ollama_fleet.gateway import (
     worker_user,
 )
 from ollama_fleet.gateway import converge as gateway_converge
+from ollama_fleet.gateway import preflight as gateway_preflight
 from ollama_fleet.state import (
     DESIRED,
     GATEWAY,
@@ -288,6 +289,8 @@ def up_command(
     new = Desired(instances=result.instances, ollama_bin=resolve_binary(cfg.ollama_bin), user=run_as(cfg, result))
     # The gateway's input (keys, TLS files) is read and checked before anything starts.
     engine, spec = _gateway_plan(cfg, result, explicit=gateway is True)
+    if spec is not None:
+        gateway_preflight(spec, home)
     running = live_supervisor(home)
     if running is not None and foreground:
         raise UserError(f"a fleet is already running from {home} (supervisor pid {running.pid}); run `ollama-fleet down` first")

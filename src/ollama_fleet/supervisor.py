@@ -113,7 +113,8 @@ def _alive(proc: psutil.Process) -> bool:
 def port_holder(port: int, host: str = "127.0.0.1") -> str | None:
     """Who listens on the port ("pid 123 (ollama)"), "another process" if psutil cannot tell,
     or None when the port is free."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Go listens: TIME_WAIT is free
         try:
             sock.bind((host, port))

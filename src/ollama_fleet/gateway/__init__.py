@@ -17,7 +17,7 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict
 
 from ollama_fleet.config import FleetConfig, Listen
-from ollama_fleet.errors import BadInput, Missing
+from ollama_fleet.errors import BadInput, Missing, UserError
 from ollama_fleet.plan import Plan
 from ollama_fleet.state import GATEWAY, GatewayState, ProcessRecord, read_gateway, write_atomic, write_model
 
@@ -171,6 +171,20 @@ def worker_user(run_as: str | None) -> tuple[str, str] | None:
     name = run_as if run_as and run_as != "root" else "nobody"
     account = pwd.getpwnam(name)
     return (account.pw_name, grp.getgrgid(account.pw_gid).gr_name)
+
+
+def preflight(spec: GatewaySpec, state_dir: Path) -> None:
+    """Refuse before anything starts when a stranger holds the gateway's port (exit 1)."""
+    from ollama_fleet.supervisor import port_holder
+
+    ours = read_gateway(state_dir)
+    if ours is not None and ours.process is not None and ours.process.process() is not None:
+        return  # our own gateway holds it; `up` reloads it
+    holder = port_holder(spec.listen.port, spec.listen.host)
+    if holder is not None:
+        raise UserError(
+            f"listen: port {spec.listen.port} for the gateway is taken by {holder}; pass another --listen or --no-gateway"
+        )
 
 
 def converge(engine: Engine, spec: GatewaySpec, state_dir: Path, user: tuple[str, str] | None) -> tuple[str, GatewayState]:

@@ -18,7 +18,8 @@ def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
         # nginx's own words: the [emerg] line names the file, the line and the problem.
-        lines = [line for line in proc.stderr.splitlines() if "[emerg]" in line or "[alert]" in line]
+        # dict.fromkeys: nginx repeats a failed bind() five times; say it once.
+        lines = list(dict.fromkeys(line for line in proc.stderr.splitlines() if "[emerg]" in line or "[alert]" in line))
         detail = "\n".join(lines or proc.stderr.strip().splitlines()[-3:])
         raise UserError(f"{what} failed ({' '.join(argv)}):\n{detail}")
     return proc
