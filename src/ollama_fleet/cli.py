@@ -69,7 +69,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False)
+# stdout carries paths and env values the user typed: print them as text, never as markup.
+out = Console(highlight=False, markup=False)
 err = Console(stderr=True, highlight=False)
 _verbose = False
 
@@ -228,8 +229,8 @@ def plan_command(
         _print_json(plan_json(result))
         return
     md = result.models_dir
-    state = f"owner {md.owner}" if md.exists else "[red]missing[/red]: `up` will refuse to start"
-    out.print(f"models dir: {md.path} ({state})")
+    state = Text(f"owner {md.owner}") if md.exists else Text.assemble(("missing", "red"), ": `up` will refuse to start")
+    out.print(Text.assemble(f"models dir: {md.path} (", state, ")"))
     table = Table("instance", "GPUs", "address", "CUDA_VISIBLE_DEVICES")
     for inst in result.instances:
         table.add_row(
