@@ -17,11 +17,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ollama_fleet import __version__, probe
+from ollama_fleet import __version__, probe, systemd
 from ollama_fleet.config import FleetConfig, checked_path, load_config
 from ollama_fleet.errors import BadInput, FleetError, Missing, UserError
 from ollama_fleet.gpus import Discovery, resolve
 from ollama_fleet.plan import Plan, inspect_models_dir, plan, plan_json
+from ollama_fleet.render import RenderedFile
 from ollama_fleet.gateway import (
     Engine,
     GatewaySpec,
@@ -478,6 +479,120 @@ def render_nginx_command(
     else:
         write_atomic(output, content, secret_mode(spec))
         err.print(f"wrote {output}" + (" (nginx -t: ok)" if check else ""))
+
+
+RootOpt = Annotated[Optional[Path], typer.Option("--root", help="write under this staging root and run no systemctl (packaging, tests)", metavar="DIR")]
+
+
+@command("install-systemd")
+def install_systemd_command(
+    *,
+    config: ConfigOpt = None,
+    gpus: GpusOpt = None,
+    gpus_per_instance: PerInstanceOpt = None,
+    base_port: BasePortOpt = None,
+    models_dir: ModelsDirOpt = None,
+    keep_alive: KeepAliveOpt = None,
+    ollama_bin: OllamaBinOpt = None,
+    user: Annotated[Optional[str], _opt("--user", "the user instances run as (default: ollama)", "NAME")] = None,
+    env: EnvOpt = None,
+    gateway: GatewayOpt = None,
+    listen: ListenOpt = None,
+    allow: AllowOpt = None,
+    api_keys_file: ApiKeysOpt = None,
+    balance: BalanceOpt = None,
+    read_timeout: ReadTimeoutOpt = None,
+    max_body_size: MaxBodyOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    root: RootOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the diff of what would change; write nothing")] = False,
+    enable: Annotated[bool, typer.Option("--enable/--no-enable", help="daemon-reload, enable --now the target, reload nginx")] = True,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Install the fleet as systemd units: one ollama-fleet@ instance per GPU, one target, the nginx snippet."""
+    cfg = _config(config, verbose, **_settings(locals()))
+    result = _plan(cfg)
+    name = cfg.user or systemd.DEFAULT_USER
+    staging = root is not None
+    base = root.absolute() if root is not None else Path("/")
+    if not staging and not dry_run and not systemd.is_root():
+        raise UserError("install-systemd writes to /etc/systemd/system: run it as root, or stage the files with --root DIR")
+    systemctl = systemd.Systemctl(find_tool("systemctl")) if enable and not staging and not dry_run else None
+    if not staging:
+        account = systemd.service_account(name)
+        md = result.models_dir
+        if not md.exists:
+            raise Missing(f"models_dir: {md.path} does not exist (create it, owned by {name}, or pass --models-dir)")
+        if not systemd.can_use(md.path, account):
+            raise Missing(f"models_dir: user {name} cannot read and write {md.path} (chown -R {name}: {md.path}, or pass --user)")
+    service = systemd.Service(
+        ollama_bin=resolve_binary(cfg.ollama_bin),
+        user=name,
+        group=systemd.group_of(name),
+        models_dir=result.models_dir.path,
+        home=systemd.home_of(name),
+    )
+    snippet, listening, engine = None, None, None
+    engine_, spec = _gateway_plan(cfg, result, explicit=gateway is True)
+    if engine_ is not None and spec is not None:
+        engine = engine_
+        # Checked before anything is written: a failed check leaves the old snippet in place.
+        content = engine.render(spec, standalone=False, prefix=base)
+        engine.check(content, standalone=False)
+        snippet = RenderedFile(Path(systemd.NGINX_SNIPPET), content, secret_mode(spec))
+        listening = systemd.ManifestGateway(engine=engine.name, listen=str(spec.listen), url=spec.probe_url)
+    files = systemd.render_units(result.instances, service, snippet)
+    report = systemd.install(
+        files, result.instances, listening, root=base, dry_run=dry_run, systemctl=systemctl,
+        redact=engine.redact if engine else str,
+    )
+    if dry_run:
+        print(report.diff, end="")
+        out.print(
+            f"dry run: {len(report.written)} file(s) would change, {len(report.removed)} removed, "
+            f"{len(report.unchanged)} unchanged; nothing written", soft_wrap=True,
+        )
+        return
+    for path in report.written:
+        out.print(f"wrote   {path}")
+    for path in report.removed:
+        out.print(f"removed {path}")
+    if not report.written and not report.removed:
+        out.print(f"unchanged: {len(report.unchanged)} file(s) already as planned under {base}")
+    for verb, names in (("started", report.started), ("restarted", report.restarted), ("stopped", report.stopped)):
+        if names and systemctl is not None:
+            out.print(f"{verb}: {', '.join(names)}")
+    if systemctl is None:
+        what = "staged" if staging else "written"
+        out.print(f"{what}; to start: systemctl daemon-reload && systemctl enable --now {systemd.TARGET}", soft_wrap=True)
+    else:
+        out.print(f"enabled {systemd.TARGET}; logs: journalctl -u 'ollama-fleet@*'")
+
+
+@command("uninstall-systemd")
+def uninstall_systemd_command(
+    *,
+    root: RootOpt = None,
+    enable: Annotated[bool, typer.Option("--enable/--no-enable", help="with --no-enable, remove the files but run no systemctl")] = True,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Stop and disable the fleet's units and remove exactly the files install-systemd wrote."""
+    _config(None, verbose)
+    staging = root is not None
+    base = root.absolute() if root is not None else Path("/")
+    if not staging and not systemd.is_root():
+        raise UserError("uninstall-systemd removes files from /etc: run it as root, or pass --root DIR")
+    systemctl = None
+    if enable and not staging and systemd.read_manifest(base) is not None:
+        systemctl = systemd.Systemctl(find_tool("systemctl"))
+    removed = systemd.uninstall(base, systemctl)
+    if removed is None:
+        out.print(f"nothing to uninstall: no {systemd.MANIFEST} under {base}")
+        return
+    for path in removed:
+        out.print(f"removed {path}")
+    out.print(f"uninstalled {len(removed)} file(s)" + (f"; {systemd.TARGET} stopped and disabled" if systemctl else ""))
 
 
 def main() -> None:

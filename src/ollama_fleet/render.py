@@ -41,8 +41,25 @@ def environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["regex_escape"] = re.escape
+    env.filters["systemd_escape"] = systemd_escape
+    env.filters["env_quote"] = env_quote
     env.globals["version"] = __version__
     return env
+
+
+def systemd_escape(value: object) -> str:
+    """A value in a unit file: systemd expands %-specifiers there, so a literal % is %%."""
+    return str(value).replace("%", "%%")
+
+
+def env_quote(value: str) -> str:
+    """A value in an EnvironmentFile=: double-quoted, with \\ " $ ` escaped by a backslash.
+
+    systemd reads EnvironmentFile= as a shell reads this subset, and expands no %-specifiers
+    there, so % stays single; values never hold a newline (config.py rejects them).
+    """
+    escaped = "".join("\\" + c if c in '\\"$`' else c for c in value)
+    return f'"{escaped}"'
 
 
 def render(template: str, **context: object) -> str:

@@ -141,6 +141,8 @@ class Engine(Protocol):
 
     def check(self, content: str, *, standalone: bool, prefix: Path | None = None) -> None: ...
 
+    def redact(self, text: str) -> str: ...
+
     def start(self, prefix: Path, config: Path) -> int:
         """Start it detached; return the pid of its master process (stopped by `down` with
         SIGTERM to its process group, as every process the fleet records)."""

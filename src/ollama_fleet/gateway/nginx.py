@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tempfile
 from pathlib import Path
 
 from ollama_fleet.errors import UserError
-from ollama_fleet.gateway import GatewaySpec, require_tool
+from ollama_fleet.gateway import REDACTED, GatewaySpec, require_tool
 from ollama_fleet.render import render
 
 PID_FILE = "nginx.pid"
@@ -41,6 +42,10 @@ class Nginx:
             user=user[0] if user else None,
             group=user[1] if user else None,
         )
+
+    def redact(self, text: str) -> str:
+        """The API keys in a config this engine rendered (old or new) shown as <redacted>."""
+        return re.sub(r'^(\s*"~\^Bearer ).*(\$" 1;)$', rf"\g<1>{REDACTED}\g<2>", text, flags=re.M)
 
     def check(self, content: str, *, standalone: bool, prefix: Path | None = None) -> None:
         """`nginx -t`: a standalone config where it will run (under `prefix`), a snippet

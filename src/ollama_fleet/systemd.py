@@ -1,0 +1,340 @@
+"""systemd units and env files from the plan; install and uninstall them with a manifest.
+
+`render_units()` is pure. `install()` / `uninstall()` write under a root (`/`, or a staging
+dir for packaging and tests) and, when given a `Systemctl`, tell systemd. The manifest
+(`/etc/ollama-fleet/manifest.json`) records every file install wrote, so uninstall removes
+exactly those, and the instances, so `status` finds a systemd-managed fleet.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import pwd
+import stat
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+from pydantic import BaseModel
+
+from ollama_fleet.errors import Missing, UserError
+from ollama_fleet.plan import GpuRef, Instance
+from ollama_fleet.render import RenderedFile, render
+from ollama_fleet.state import write_atomic
+
+UNIT_DIR = PurePosixPath("/etc/systemd/system")
+CONF_DIR = PurePosixPath("/etc/ollama-fleet")
+NGINX_SNIPPET = PurePosixPath("/etc/nginx/conf.d/ollama-fleet.conf")
+MANIFEST = CONF_DIR / "manifest.json"
+TEMPLATE_UNIT = "ollama-fleet@.service"
+TARGET = "ollama-fleet.target"
+DEFAULT_USER = "ollama"  # as the official installer
+
+
+def unit_of(name: str) -> str:
+    return f"ollama-fleet@{name}.service"
+
+
+def useradd_hint(user: str) -> str:
+    return (
+        f"useradd --system --user-group --create-home --home-dir /usr/share/ollama --shell /usr/sbin/nologin {user}"
+    )
+
+
+# ------------------------------------------------------------------ pure rendering
+
+
+@dataclass(frozen=True)
+class Service:
+    """Who runs the instances and where they keep their files."""
+
+    ollama_bin: str  # absolute
+    user: str
+    group: str
+    models_dir: Path
+    home: Path  # the user's home: Ollama keeps its key in ~/.ollama
+
+
+def render_units(
+    instances: tuple[Instance, ...], service: Service, gateway: RenderedFile | None = None
+) -> list[RenderedFile]:
+    """Every file install-systemd writes, at its absolute path on the target system."""
+    models = service.models_dir.absolute()
+    protect_home = not any(models.is_relative_to(p) for p in ("/home", "/root")) and not any(
+        service.home.is_relative_to(p) for p in ("/home", "/root")
+    )
+    unit = render(
+        "systemd/ollama-fleet@.service.j2",
+        conf_dir=CONF_DIR,
+        ollama_bin=service.ollama_bin,
+        user=service.user,
+        group=service.group,
+        models_dir=models,
+        state_home=service.home / ".ollama",
+        protect_home=protect_home,
+    )
+    files = [
+        RenderedFile(Path(UNIT_DIR / TEMPLATE_UNIT), unit),
+        RenderedFile(Path(UNIT_DIR / TARGET), render("systemd/ollama-fleet.target.j2", instances=instances)),
+    ]
+    # 0600: --env values may be tokens; systemd reads the file as root.
+    files += [
+        RenderedFile(Path(CONF_DIR / f"{i.name}.env"), render("systemd/instance.env.j2", name=i.name, env=i.env), 0o600)
+        for i in instances
+    ]
+    if gateway is not None:
+        files.append(gateway)
+    return files
+
+
+# ------------------------------------------------------------------ manifest
+
+
+class ManifestGateway(BaseModel):
+    engine: str
+    listen: str
+    url: str
+
+
+class Member(BaseModel):
+    """An installed instance, as `status` needs it (its env stays in its 0600 env file)."""
+
+    name: str
+    host: str
+    port: int
+    gpus: tuple[GpuRef, ...]
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Manifest(BaseModel):
+    """What install-systemd wrote: its files (path -> sha256) and the fleet they run."""
+
+    manifest_format: int = 1
+    files: dict[str, str]
+    instances: tuple[Member, ...]
+    gateway: ManifestGateway | None = None
+
+
+def on_root(root: Path, path: Path | PurePosixPath) -> Path:
+    return root / str(path).lstrip("/")
+
+
+def read_manifest(root: Path = Path("/")) -> Manifest | None:
+    path = on_root(root, MANIFEST)
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"install manifest {path} is unreadable ({exc.__class__.__name__})") from None
+
+
+def _digest(content: str) -> str:
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------ systemctl (the seam)
+
+
+class Systemctl:
+    """`systemctl`, refusing early when it is absent or systemd is not the init system."""
+
+    def __init__(self, path: str | None) -> None:
+        hint = "stage the files with --root DIR, or write them without starting anything with --no-enable"
+        if path is None:
+            raise Missing(f"systemctl not found: this machine does not run systemd; {hint}")
+        self.path = path
+        state = subprocess.run([path, "is-system-running"], capture_output=True, text=True).stdout.strip()
+        # offline: systemd is not PID 1 (a container, another init). "degraded" is fine.
+        if state in ("offline", "unknown", ""):
+            raise Missing(f"systemd is not the init system here (systemctl is-system-running: {state or 'no answer'}); {hint}")
+        self.calls: list[list[str]] = []
+
+    def __call__(self, *args: str) -> None:
+        self.calls.append(list(args))
+        proc = subprocess.run([self.path, *args], capture_output=True, text=True)
+        if proc.returncode != 0:
+            detail = proc.stderr.strip().splitlines()
+            raise UserError(f"systemctl {' '.join(args)} failed: {detail[-1] if detail else f'exit {proc.returncode}'}")
+
+
+# ------------------------------------------------------------------ install / uninstall
+
+
+@dataclass
+class InstallReport:
+    written: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)  # instances new to the fleet
+    restarted: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    diff: str = ""
+
+
+def _current(path: Path) -> tuple[str, int] | None:
+    try:
+        return path.read_text(), stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None
+
+
+def _diff(path: str, current: tuple[str, int] | None, new: RenderedFile, redact: Callable[[str], str]) -> str:
+    """A unified diff with secrets redacted; a change of secrets alone is said, not shown."""
+    old = current[0] if current else ""
+    lines = lambda text: text.splitlines(keepends=True)  # noqa: E731
+    diff = "".join(
+        difflib.unified_diff(lines(redact(old)), lines(redact(new.content)), "/dev/null" if current is None else path, path)
+    )
+    raw = difflib.unified_diff(lines(old), lines(new.content), n=0)
+    if any(line[:1] in "+-" and line[:3] not in ("+++", "---") and redact(line[1:]) != line[1:] for line in raw):
+        diff += f"{path}: API keys change (not shown)\n"
+    if current is not None and current[1] != new.mode:
+        diff += f"mode of {path}: {current[1]:04o} -> {new.mode:04o}\n"
+    return diff
+
+
+def install(
+    files: list[RenderedFile],
+    instances: tuple[Instance, ...],
+    gateway: ManifestGateway | None,
+    *,
+    root: Path,
+    dry_run: bool = False,
+    systemctl: Systemctl | None = None,
+    redact: Callable[[str], str] = str,
+) -> InstallReport:
+    """Write what changed (atomically), remove what the last install wrote and this one does
+    not, then (with a systemctl) reload systemd and restart only what changed."""
+    report = InstallReport()
+    old = read_manifest(root)
+    changed: set[str] = set()
+    for f in files:
+        target = on_root(root, f.path)
+        current = _current(target)
+        if current == (f.content, f.mode):
+            report.unchanged.append(str(f.path))
+            continue
+        changed.add(str(f.path))
+        report.written.append(str(f.path))
+        if dry_run:
+            report.diff += _diff(str(f.path), current, f, redact)
+        else:
+            write_atomic(target, f.content, f.mode)
+    new_paths = {str(f.path) for f in files}
+    stale = sorted(set(old.files) - new_paths) if old else []
+    for path in stale:
+        report.removed.append(path)
+        if dry_run:
+            report.diff += f"removed: {path}\n"
+        else:
+            on_root(root, Path(path)).unlink(missing_ok=True)
+
+    old_names = {i.name for i in old.instances} if old else set()
+    names = [i.name for i in instances]
+    report.stopped = sorted(old_names - set(names))
+    report.started = [n for n in names if n not in old_names]
+    template_changed = str(UNIT_DIR / TEMPLATE_UNIT) in changed
+    report.restarted = [
+        n for n in names if n in old_names and (template_changed or str(CONF_DIR / f"{n}.env") in changed)
+    ]
+    if dry_run:
+        return report
+    manifest = Manifest(
+        files={str(f.path): _digest(f.content) for f in files},
+        instances=tuple(Member(name=i.name, host=i.host, port=i.port, gpus=i.gpus) for i in instances),
+        gateway=gateway,
+    ).model_dump_json(indent=2)
+    if _current(on_root(root, MANIFEST)) != (manifest, 0o644):
+        write_atomic(on_root(root, MANIFEST), manifest)
+    if systemctl is not None:
+        units_changed = any(p.startswith(str(UNIT_DIR)) for p in [*changed, *stale])
+        if report.stopped:
+            systemctl("stop", *map(unit_of, report.stopped))
+        if units_changed:
+            systemctl("daemon-reload")
+        if report.restarted:
+            # Applies a changed env file or unit; a stream in flight on it is cut (plain restart).
+            systemctl("try-restart", *map(unit_of, report.restarted))
+        systemctl("enable", "--now", TARGET)
+        if str(NGINX_SNIPPET) in changed or str(NGINX_SNIPPET) in stale:
+            systemctl("reload", "nginx.service")
+    return report
+
+
+def uninstall(root: Path, systemctl: Systemctl | None = None) -> list[str] | None:
+    """Stop and disable the fleet, remove exactly the files the manifest lists (and the
+    manifest). Returns the removed paths, or None when nothing is installed."""
+    manifest = read_manifest(root)
+    if manifest is None:
+        return None
+    if systemctl is not None:
+        systemctl("disable", "--now", TARGET)  # PartOf=: stopping the target stops every instance
+    removed = []
+    for path in sorted(manifest.files):
+        target = on_root(root, Path(path))
+        if target.exists():
+            target.unlink()
+            removed.append(path)
+    on_root(root, MANIFEST).unlink()
+    conf_dir = on_root(root, CONF_DIR)
+    if conf_dir.is_dir() and not any(conf_dir.iterdir()):
+        conf_dir.rmdir()
+    if systemctl is not None:
+        systemctl("daemon-reload")
+        if str(NGINX_SNIPPET) in manifest.files:
+            systemctl("reload", "nginx.service")
+    return removed
+
+
+# ------------------------------------------------------------------ the service user
+
+
+def service_account(user: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(user)
+    except KeyError:
+        raise Missing(f"user: no user {user!r} to run the instances; create it ({useradd_hint(user)}) or pass --user") from None
+
+
+def can_use(path: Path, account: pwd.struct_passwd) -> bool:
+    """Whether this user may read and write the dir, every parent on the way included: asked
+    of the kernel itself, in a child process that becomes the user."""
+    pid = os.fork()
+    if pid == 0:  # the child: become the user, ask, exit with the answer
+        try:
+            os.setgroups(os.getgrouplist(account.pw_name, account.pw_gid))
+            os.setgid(account.pw_gid)
+            os.setuid(account.pw_uid)
+            os._exit(0 if os.access(path, os.R_OK | os.W_OK | os.X_OK) else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def group_of(user: str) -> str:
+    """The user's primary group, or a group of the same name (useradd --user-group)."""
+    import grp
+
+    try:
+        return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+    except KeyError:
+        return user
+
+
+def home_of(user: str) -> Path:
+    try:
+        return Path(pwd.getpwnam(user).pw_dir)
+    except KeyError:
+        return Path("/usr/share/ollama")  # the official installer's home for `ollama`
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
