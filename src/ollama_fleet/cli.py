@@ -431,7 +431,9 @@ def down_command(
     assert cfg.state_dir is not None
     stopped = stop_fleet(cfg.state_dir, timeout)
     if stopped is None:
-        out.print(f"nothing to stop: no fleet is recorded in {cfg.state_dir}")
+        out.print(f"nothing to stop: no fleet is recorded in {cfg.state_dir}", soft_wrap=True)
+        if systemd.read_manifest() is not None:
+            out.print(f"the fleet installed with systemd is stopped with: systemctl stop {systemd.TARGET}")
     else:
         count, gateway = stopped
         also = " and the gateway" if gateway else ""
