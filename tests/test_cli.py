@@ -48,7 +48,8 @@ def test_gpus_json(nvml) -> None:
     assert data["pinned_by"] == "uuid"
     assert [g["uuid"][:4] for g in data["gpus"]] == ["GPU-", "MIG-", "MIG-"]
     assert set(data["gpus"][0]) == {
-        "index", "uuid", "name", "mig", "memory_total", "memory_used", "utilization", "pci_bus_id",
+        "index", "uuid", "name", "mig", "memory_total", "memory_used", "utilization", "temperature", "power",
+        "pci_bus_id",
     }
 
 

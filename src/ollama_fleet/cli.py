@@ -7,14 +7,16 @@ import json
 import os
 import pwd
 import signal
+import time
 import traceback
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from ollama_fleet import __version__, probe, systemd
@@ -481,6 +483,110 @@ def render_nginx_command(
     else:
         write_atomic(output, content, secret_mode(spec))
         err.print(f"wrote {output}" + (" (nginx -t: ok)" if check else ""))
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    prometheus = "prometheus"
+
+
+@command("status")
+def status_command(
+    *,
+    state_dir: StateDirOpt = None,
+    format_: Annotated[Format, typer.Option("--format", help="table, json (schema in the README) or prometheus (node-exporter textfile)")] = Format.table,
+    json_: Annotated[bool, typer.Option("--json", help="the same as --format json")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="refresh in place until Ctrl-C")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="seconds between refreshes with --watch", min=0.2)] = 2.0,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds each probe may take", min=0.1)] = 2.0,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write here (atomically) instead of stdout, e.g. for node-exporter's textfile dir", metavar="FILE")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """GPUs, instances (pid, uptime, health, version, loaded models) and the gateway; exit 0 when all are healthy."""
+    from ollama_fleet.status import gather, prometheus
+
+    cfg = _config(None, verbose, state_dir=state_dir)
+    assert cfg.state_dir is not None
+    home = cfg.state_dir
+    shape = Format.json if json_ else format_
+    if watch:
+        if shape is not Format.table or output is not None:
+            raise BadInput(["watch: --watch refreshes the table; use --format json or prometheus without it"])
+        from rich.live import Live
+
+        with Live(console=out, auto_refresh=False, screen=False) as live:
+            try:
+                while True:
+                    live.update(_status_view(gather(home, timeout)), refresh=True)
+                    time.sleep(interval)
+            except KeyboardInterrupt:
+                return  # Ctrl-C is how one leaves a watch: not an error
+    report = gather(home, timeout)
+    if shape is Format.table:
+        if report.nvml.note:
+            warn(report.nvml.note)
+        out.print(_status_view(report))
+    else:
+        text = json.dumps(report.json_data(), indent=2) + "\n" if shape is Format.json else prometheus(report)
+        if output is None:
+            print(text, end="")
+        else:
+            write_atomic(output, text)
+    if not report.healthy:
+        raise typer.Exit(1)
+
+
+def _status_view(report: Any) -> Group:
+    from ollama_fleet.status import expires_in
+
+    gpus = Table("GPU", "name", "memory", "util", "temp", "power", "instance", title="GPUs", title_justify="left")
+    used_by = {label: i.name for i in report.instances for label in i.gpus}
+    for g in report.gpus:
+        memory = "-" if g.memory_total is None else f"{(g.memory_used or 0) / 2**30:.1f}/{g.memory_total / 2**30:.0f} GiB"
+        gpus.add_row(
+            g.label, g.name, memory,
+            "-" if g.utilization is None else f"{g.utilization}%",
+            "-" if g.temperature is None else f"{g.temperature}°C",
+            "-" if g.power is None else f"{g.power:.0f} W",
+            used_by.get(g.label.removeprefix("gpu"), "-"),
+        )
+    instances = Table("instance", "GPUs", Column("address", no_wrap=True), "pid", "uptime", "restarts", "health", "version",
+                      title=f"instances (started by {report.source})", title_justify="left")
+    models = Table("instance", "model", "VRAM", "unloads in", title="loaded models", title_justify="left")
+    for i in report.instances:
+        health = Text(f"ok {i.latency_ms:.0f} ms", style="green") if i.healthy else Text(f"DOWN: {i.error}", style="bold red")
+        instances.add_row(
+            i.name, ",".join(i.gpus), i.address, str(i.pid or "-"), _duration(i.uptime_s),
+            "-" if i.restarts is None else str(i.restarts), health, i.version or "-",
+            style=None if i.healthy else "red",
+        )
+        for m in i.models:
+            left = expires_in(m.expires_at)
+            models.add_row(i.name, m.name, _size(m.size_vram), "never" if left is None else _duration(left))
+    gw = report.gateway
+    if gw.engine is None:
+        gateway = Text(f"gateway: none ({gw.reason})")
+    elif gw.up:
+        gateway = Text.assemble("gateway: ", (f"{gw.engine} up", "green"), f", listening on {gw.listen}")
+    else:
+        gateway = Text.assemble("gateway: ", (f"{gw.engine} DOWN ({gw.error})", "bold red"), f", should listen on {gw.listen}")
+    parts: list[Any] = [gpus] if report.gpus else []
+    parts += [instances, models] if models.rows else [instances]
+    return Group(*parts, gateway)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds >= 86400:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
 
 
 RootOpt = Annotated[Optional[Path], typer.Option("--root", help="write under this staging root and run no systemctl (packaging, tests)", metavar="DIR")]

@@ -24,6 +24,8 @@ class Gpu(BaseModel):
     memory_total: int | None = None  # bytes
     memory_used: int | None = None
     utilization: int | None = None  # percent, None where NVML has none (MIG slices)
+    temperature: int | None = None  # degrees Celsius, of the whole GPU
+    power: float | None = None  # watts drawn by the whole GPU
     pci_bus_id: str | None = None
 
     @property
@@ -83,7 +85,13 @@ def discover() -> list[Gpu]:
                     found.append(Gpu(**common, **_facts(nvml, mig), mig=n))
             else:
                 util = _optional(nvml.nvmlDeviceGetUtilizationRates, handle)
-                found.append(Gpu(**common, **_facts(nvml, handle), utilization=util.gpu if util else None))
+                milliwatts = _optional(nvml.nvmlDeviceGetPowerUsage, handle)
+                found.append(Gpu(
+                    **common, **_facts(nvml, handle),
+                    utilization=util.gpu if util else None,
+                    temperature=_optional(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU),
+                    power=milliwatts / 1000 if milliwatts is not None else None,
+                ))
         return found
     except nvml.NVMLError as exc:
         raise NvmlUnavailable(f"NVML query failed: {exc}") from None

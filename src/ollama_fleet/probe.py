@@ -9,6 +9,8 @@ import time
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 if TYPE_CHECKING:
     import httpx
 
@@ -111,3 +113,79 @@ def gateway_answers(url: str, timeout: float) -> bool:
         except httpx.TransportError:
             time.sleep(0.05)
     return False
+
+
+class Facts(BaseModel):
+    """What one instance said: its version (None if it did not answer), how fast, its models."""
+
+    version: str | None = None
+    latency_ms: float | None = None
+    models: list[dict[str, Any]] = []
+    error: str | None = None
+
+
+async def _facts(client: httpx.AsyncClient, address: str) -> Facts:
+    import httpx
+
+    async def timed_version() -> tuple[httpx.Response, float]:
+        start = time.perf_counter()
+        response = await client.get(_url(address, "/api/version"), headers=HEADERS)
+        return response, (time.perf_counter() - start) * 1000
+
+    # Both at once, so a hung instance costs one timeout, not two.
+    version, ps = await asyncio.gather(
+        timed_version(), client.get(_url(address, "/api/ps"), headers=HEADERS), return_exceptions=True
+    )
+    if isinstance(version, BaseException):
+        return Facts(error=_describe(version))
+    response, latency = version
+    if response.status_code != 200:
+        return Facts(latency_ms=latency, error=f"GET /api/version: HTTP {response.status_code}")
+    try:
+        facts = Facts(version=str(response.json().get("version", "?")), latency_ms=latency)
+        if not isinstance(ps, BaseException) and ps.status_code == 200:
+            facts.models = list(ps.json().get("models") or [])
+    except (ValueError, AttributeError):
+        return Facts(latency_ms=latency, error="not an Ollama answer")
+    return facts
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in type(exc).__name__:
+        return "no answer (timed out)"
+    if "ConnectError" in type(exc).__name__:
+        return "refused"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _answers(client: httpx.AsyncClient, url: str) -> str | None:
+    """None when the gateway answers at all (any status: 401 or 403 mean it listens)."""
+    try:
+        await client.get(url + "/")
+        return None
+    except Exception as exc:  # noqa: BLE001 - every failure means "down"; say which
+        return _describe(exc)
+
+
+def gather_facts(addresses: list[str], gateway_url: str | None, timeout: float) -> tuple[dict[str, Facts], str | None]:
+    """Every instance's facts and the gateway's state, all probed at once; each probe is
+    bounded by `timeout` as a whole, so the total stays near one timeout."""
+    import httpx
+
+    async def bounded(coro: Any, fallback: Any) -> Any:
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        except asyncio.TimeoutError:
+            return fallback
+
+    async def run() -> tuple[list[Facts], str | None]:
+        async with _client(timeout) as client, httpx.AsyncClient(timeout=timeout, verify=False, trust_env=False) as gw:
+            gateway = _answers(gw, gateway_url) if gateway_url else asyncio.sleep(0, None)
+            *facts, gateway_error = await asyncio.gather(
+                *(bounded(_facts(client, a), Facts(error="no answer (timed out)")) for a in addresses),
+                bounded(gateway, "no answer (timed out)"),
+            )
+        return facts, gateway_error
+
+    facts, gateway_error = asyncio.run(run())
+    return dict(zip(addresses, facts)), gateway_error
