@@ -1,6 +1,7 @@
 """Load generator (httpx async): streamed requests, TTFT, tokens/s, per-instance split.
 
-Built for the gateway benchmark; the `bench` command will grow from it.
+Used by the `bench` command and by the benchmarks in benchmarks/. Every failure of a request
+is counted in the result, never raised: a load test must survive the failures it measures.
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+Api = Literal["generate", "chat", "openai"]
+PATHS: dict[str, str] = {"generate": "/api/generate", "chat": "/api/chat", "openai": "/v1/chat/completions"}
 
 
 @dataclass
 class Sample:
-    status: int
+    status: int  # HTTP status; 0 when there was none (see `error`)
+    error: str | None = None  # "HTTP 404", "connection refused", "stream cut", ...
     ttft: float | None = None  # seconds to the first token
-    latency: float = 0.0
-    tokens: int = 0  # eval_count of the final line
-    instance: str | None = None
+    latency: float = 0.0  # seconds to the end of the reply
+    tokens: int = 0  # eval_count of the last line, or content chunks (OpenAI API)
+    instance: str | None = None  # X-Fleet-Instance: which instance the gateway chose
 
 
 @dataclass
@@ -29,22 +35,46 @@ class BenchResult:
 
     @property
     def ok(self) -> list[Sample]:
-        return [s for s in self.samples if s.status == 200 and s.ttft is not None]
+        return [s for s in self.samples if s.error is None]
 
     @property
     def tokens_per_s(self) -> float:
-        return sum(s.tokens for s in self.ok) / self.wall
+        return sum(s.tokens for s in self.ok) / self.wall if self.wall else 0.0
+
+    @property
+    def requests_per_s(self) -> float:
+        return len(self.ok) / self.wall if self.wall else 0.0
 
     def ttft(self, q: float) -> float:
         return quantile([s.ttft for s in self.ok if s.ttft is not None], q)
 
+    def latency(self, q: float) -> float:
+        return quantile([s.latency for s in self.ok], q)
+
     @property
     def errors(self) -> Counter:
-        return Counter(s.status for s in self.samples if s.status != 200)
+        return Counter(s.error for s in self.samples if s.error is not None)
 
     @property
     def split(self) -> Counter:
         return Counter(s.instance for s in self.ok)
+
+    def summary(self) -> dict[str, Any]:
+        """The `bench --json` object (schema in the README)."""
+        ms = lambda v: None if v != v else round(v * 1000, 2)  # noqa: E731 - NaN (no sample) -> null
+        return {
+            "schema": 1,
+            "requests": len(self.samples),
+            "ok": len(self.ok),
+            "wall_s": round(self.wall, 3),
+            "requests_per_s": round(self.requests_per_s, 3),
+            "tokens_per_s": round(self.tokens_per_s, 2),
+            "tokens": sum(s.tokens for s in self.ok),
+            "ttft_ms": {f"p{q}": ms(self.ttft(q / 100)) for q in (50, 95, 99)},
+            "latency_ms": {f"p{q}": ms(self.latency(q / 100)) for q in (50, 99)},
+            "errors": dict(self.errors),
+            "split": {name or "-": n for name, n in sorted(self.split.items(), key=lambda kv: kv[0] or "")},
+        }
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -53,56 +83,154 @@ def quantile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
 
 
-async def _one(client, url: str, model: str, prompt: str, num_predict: int | None) -> Sample:
+def _body(api: Api, model: str, prompt: str, num_predict: int | None) -> dict[str, Any]:
+    if api == "generate":
+        body: dict[str, Any] = {"model": model, "prompt": prompt, "stream": True}
+    else:
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True}
+    if num_predict is not None:
+        if api == "openai":
+            body["max_tokens"] = num_predict
+        else:
+            body["options"] = {"num_predict": num_predict}
+    return body
+
+
+def _piece(api: Api, line: str) -> tuple[str, dict | None]:
+    """(text of this streamed line, the final object if this line ends the reply)."""
+    if api == "openai":
+        if not line.startswith("data:"):
+            return "", None
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return "", {}
+        choice = (json.loads(payload).get("choices") or [{}])[0]
+        return (choice.get("delta") or {}).get("content") or "", None
+    data = json.loads(line)
+    text = data.get("response", "") if api == "generate" else (data.get("message") or {}).get("content", "")
+    return text or "", data if data.get("done") else None
+
+
+def _describe(exc: Exception) -> str:
     import httpx
 
-    body: dict = {"model": model, "prompt": prompt}
-    if num_predict is not None:
-        body["options"] = {"num_predict": num_predict}
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+        return "stream cut"
+    if isinstance(exc, ValueError):
+        return "bad reply"
+    return type(exc).__name__
+
+
+async def _one(client: Any, url: str, api: Api, model: str, prompt: str, num_predict: int | None) -> Sample:
+    import httpx
+
     started = time.perf_counter()
+    sample = Sample(status=0)
     try:
-        async with client.stream("POST", url + "/api/generate", json=body) as response:
-            sample = Sample(status=response.status_code, instance=response.headers.get("x-fleet-instance"))
-            async for line in response.aiter_lines():
-                if not line:
-                    continue
-                data = json.loads(line)
-                if sample.ttft is None and data.get("response"):
-                    sample.ttft = time.perf_counter() - started
-                if data.get("done"):
-                    sample.tokens = int(data.get("eval_count", 0))
-    except (httpx.HTTPError, ValueError):
-        sample = Sample(status=0)  # a failed request is counted, never raised
+        async with client.stream("POST", url + PATHS[api], json=_body(api, model, prompt, num_predict)) as response:
+            sample.status = response.status_code
+            sample.instance = response.headers.get("x-fleet-instance")
+            if response.status_code != 200:
+                await response.aread()
+                sample.error = f"HTTP {response.status_code}"
+            else:
+                done = None
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    text, final = _piece(api, line)
+                    if text:
+                        if sample.ttft is None:
+                            sample.ttft = time.perf_counter() - started
+                        if api == "openai":
+                            sample.tokens += 1  # one content chunk is one token in Ollama's OpenAI layer
+                    if final is not None:
+                        done = final
+                if done is None:
+                    sample.error = "stream cut"  # the reply ended without its last line
+                elif api != "openai":
+                    sample.tokens = int(done.get("eval_count", 0))
+    except (httpx.HTTPError, ValueError) as exc:
+        sample.error = _describe(exc)
     sample.latency = time.perf_counter() - started
     return sample
 
 
-async def _run(urls: list[str], model: str, concurrency: int, requests: int, prompt: str,
-               num_predict: int | None) -> BenchResult:
+async def _run(
+    urls: list[str], model: str, concurrency: int, requests: int | None, duration: float | None,
+    prompts: list[str], api: Api, num_predict: int | list[int] | None, headers: dict[str, str],
+    progress: Callable[[int], None] | None,
+) -> BenchResult:
     import httpx
 
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for n in range(requests):
-        queue.put_nowait(n)
+    issued = 0
     samples: list[Sample] = []
+    deadline: float | None = None
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
 
-    async def worker(k: int, client) -> None:
+    def next_request() -> int | None:
+        nonlocal issued
+        if (requests is not None and issued >= requests) or (deadline is not None and time.perf_counter() >= deadline):
+            return None
+        issued += 1
+        return issued - 1
+
+    async def worker(k: int, client: Any) -> None:
         # Worker k always uses the same URL: with one URL per instance, this is the ideal
         # spread a gateway is compared against.
         url = urls[k % len(urls)]
-        while not queue.empty():
-            queue.get_nowait()
-            samples.append(await _one(client, url, model, prompt, num_predict))
+        while (n := next_request()) is not None:
+            predict = num_predict[n % len(num_predict)] if isinstance(num_predict, list) else num_predict
+            samples.append(await _one(client, url, api, model, prompts[n % len(prompts)], predict))
+            if progress is not None:
+                progress(len(samples))
 
-    async with httpx.AsyncClient(timeout=600, limits=limits, trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=600, limits=limits, trust_env=False, headers=headers) as client:
         started = time.perf_counter()
+        deadline = None if duration is None else started + duration
         await asyncio.gather(*(worker(k, client) for k in range(concurrency)))
         wall = time.perf_counter() - started
     return BenchResult(wall=wall, samples=samples)
 
 
-def run_load(urls: list[str], model: str, *, concurrency: int, requests: int, prompt: str = "hi",
-             num_predict: int | None = None) -> BenchResult:
-    """Send `requests` streamed generate requests, `concurrency` at a time, over `urls`."""
-    return asyncio.run(_run(urls, model, concurrency, requests, prompt, num_predict))
+def run_load(
+    urls: list[str], model: str, *, concurrency: int, requests: int | None = None, duration: float | None = None,
+    prompt: str = "hi", prompts: list[str] | None = None, api: Api = "generate",
+    num_predict: int | list[int] | None = None, headers: dict[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> BenchResult:
+    """Send streamed requests, `concurrency` at a time, over `urls`: `requests` of them, or as
+    many as fit in `duration` seconds. A list of `num_predict` gives request n its n-th length."""
+    if (requests is None) == (duration is None):
+        raise ValueError("give requests or duration")
+    return asyncio.run(_run(
+        urls, model, concurrency, requests, duration, prompts or [prompt], api, num_predict, headers or {}, progress,
+    ))
+
+
+def check_target(url: str, model: str, headers: dict[str, str], timeout: float = 10.0) -> str | None:
+    """One probe before a run: why it cannot work (an unreachable URL, an unknown model), or None."""
+    import httpx
+
+    try:
+        response = httpx.post(url + "/api/show", json={"model": model}, headers=headers, timeout=timeout, trust_env=False)
+    except httpx.HTTPError as exc:
+        return f"url: {url} does not answer ({_describe(exc)})"
+    if response.status_code == 404:
+        return f"model: {model!r} is not on {url} (pull it first: OLLAMA_HOST={url} ollama pull {model})"
+    if response.status_code in (401, 403):
+        return f"url: {url} answers {response.status_code}: {_error_text(response)} (API key? allowlist?)"
+    if response.status_code != 200:
+        return f"url: {url} answers POST /api/show with HTTP {response.status_code}: {_error_text(response)}"
+    return None
+
+
+def _error_text(response: Any) -> str:
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return response.text.strip()[:200] or "no body"

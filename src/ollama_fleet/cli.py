@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import pwd
+import re
 import signal
 import time
 import traceback
@@ -587,6 +588,98 @@ def _duration(seconds: float | None) -> str:
     if seconds >= 60:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds}s"
+
+
+class BenchApi(str, Enum):
+    generate = "generate"
+    chat = "chat"
+    openai = "openai"
+
+
+@command("bench")
+def bench_command(
+    *,
+    url: Annotated[str, typer.Option("--url", help="the gateway (or one instance): http://HOST:PORT", metavar="URL")],
+    model: Annotated[str, typer.Option("--model", help="the model to ask", metavar="MODEL")],
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="requests in flight at once", min=1, max=4096)] = 8,
+    requests: Annotated[Optional[int], typer.Option("--requests", "-n", help="how many requests (default: 10 x concurrency)", min=1)] = None,
+    duration: Annotated[Optional[float], typer.Option("--duration", help="run for S seconds instead of a number of requests", min=0.1, metavar="S")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="the prompt of every request")] = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="a file of prompts, one per line, used in turn", metavar="FILE")] = None,
+    api: Annotated[BenchApi, typer.Option("--api", help="generate (/api/generate), chat (/api/chat) or openai (/v1/chat/completions)")] = BenchApi.generate,
+    num_predict: Annotated[Optional[int], typer.Option("--num-predict", help="tokens to generate per request (options.num_predict / max_tokens)", min=1)] = None,
+    api_key_file: Annotated[Optional[Path], typer.Option("--api-key-file", help="send the first key of this file as a bearer token", metavar="PATH")] = None,
+    json_: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Load the fleet with streamed requests: requests/s, tokens/s, TTFT and latency percentiles, errors, split per instance."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ollama_fleet.bench import check_target, run_load
+    from ollama_fleet.gateway import read_api_keys
+
+    global _verbose
+    _verbose = verbose
+    problems = []
+    if not re.fullmatch(r"https?://[^\s/]+", url.rstrip("/")):
+        problems.append(f"url: not http://HOST:PORT or https://HOST:PORT (got {url!r})")
+    if requests is not None and duration is not None:
+        problems.append("requests: give --requests or --duration, not both")
+    if prompt is not None and prompts is not None:
+        problems.append("prompts: give --prompt or --prompts, not both")
+    if problems:
+        raise BadInput(problems)
+    base = url.rstrip("/")
+    texts = [prompt or "Write a short story about a GPU."]
+    if prompts is not None:
+        try:
+            texts = [line for line in prompts.read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise BadInput(f"prompts: cannot read {prompts} ({exc.strerror})") from None
+        if not texts:
+            raise BadInput(f"prompts: {prompts} holds no prompt")
+    headers = {"Authorization": f"Bearer {read_api_keys(api_key_file)[0]}"} if api_key_file else {}
+    if (problem := check_target(base, model, headers)) is not None:
+        raise UserError(problem)
+    total = requests if duration is None else None
+    if total is None and duration is None:
+        total = 10 * concurrency
+    what = f"{total} requests" if total is not None else f"{duration:g} s"
+    columns = [TextColumn(f"{api.value} {model}, {concurrency} at once, {what}"), BarColumn(),
+               MofNCompleteColumn() if total is not None else TextColumn("{task.completed} done"), TimeElapsedColumn()]
+    with Progress(*columns, console=err, transient=True, disable=json_) as bar:
+        task = bar.add_task("bench", total=total)
+        result = run_load(
+            [base], model, concurrency=concurrency, requests=total, duration=duration, prompts=texts,
+            api=api.value, num_predict=num_predict, headers=headers,
+            progress=lambda done: bar.update(task, completed=done),
+        )
+    summary = result.summary()
+    if json_:
+        _print_json(summary)
+    else:
+        _print_bench(summary)
+
+
+def _print_bench(s: dict[str, Any]) -> None:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f} ms"
+
+    table = Table("metric", Column("value", justify="right"), title="bench", title_justify="left")
+    table.add_row("requests (ok / sent)", f"{s['ok']} / {s['requests']}")
+    table.add_row("wall time", f"{s['wall_s']:.1f} s")
+    table.add_row("requests/s", f"{s['requests_per_s']:.2f}")
+    table.add_row("generated tokens/s", f"{s['tokens_per_s']:.1f}")
+    for q, v in s["ttft_ms"].items():
+        table.add_row(f"time to first token {q}", ms(v))
+    for q, v in s["latency_ms"].items():
+        table.add_row(f"latency {q}", ms(v))
+    out.print(table)
+    if s["errors"]:
+        out.print("errors: " + ", ".join(f"{k}: {v}" for k, v in s["errors"].items()))
+    split = s["split"]
+    if list(split) != ["-"]:
+        out.print("split per instance: " + ", ".join(f"{k} {v}" for k, v in split.items()), soft_wrap=True)
 
 
 RootOpt = Annotated[Optional[Path], typer.Option("--root", help="write under this staging root and run no systemctl (packaging, tests)", metavar="DIR")]
