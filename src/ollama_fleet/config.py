@@ -172,7 +172,10 @@ class FleetConfig(BaseModel):
     wait_timeout: float = Field(60, gt=0, le=3600, description="seconds `up` waits for each instance to answer")
     preload: tuple[Model, ...] = Field((), description="models to load on every instance after start (repeatable)")
     env: dict[str, str] = Field({}, description="extra environment for every instance, `KEY=VALUE` (repeatable)")
-    gateway: bool = Field(True, description="start the nginx gateway with `up` (`--no-gateway` skips it)")
+    gateway: bool = Field(True, description="start the gateway with `up`, install it with `install-systemd` (`--no-gateway` skips it)")
+    engine: Literal["nginx", "haproxy"] = Field(
+        "nginx", description="gateway engine: nginx, or haproxy (queues requests at the gateway, active health checks)"
+    )
     listen: Annotated[Listen, BeforeValidator(_listen)] = Field(
         Listen(host="0.0.0.0", port=8080), description="where the gateway listens: [HOST:]PORT, [::]:PORT for IPv6"
     )
@@ -185,6 +188,9 @@ class FleetConfig(BaseModel):
     )
     read_timeout: int = Field(600, ge=1, le=86400, description="seconds the gateway waits on a silent instance")
     max_body_size: str = Field("100m", description="largest request body the gateway accepts (nginx size: 100m, 1g)")
+    metrics_port: int = Field(
+        8405, ge=1, le=65535, description="loopback port of HAProxy's Prometheus exporter (haproxy engine)"
+    )
     tls_cert: SafePath | None = Field(None, description="TLS certificate for the gateway (with tls_key)")
     tls_key: SafePath | None = Field(
         None, validate_default=True, description="TLS private key for the gateway (with tls_cert)"
