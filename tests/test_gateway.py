@@ -1,10 +1,13 @@
-"""The nginx gateway, proved with real nginx processes in front of fake Ollama instances."""
+"""The gateway, proved with real nginx and HAProxy processes in front of fake Ollama
+instances: the behaviour both engines share runs against each."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -25,43 +28,66 @@ from ollama_fleet.cli import app
 from ollama_fleet.config import load_config
 from ollama_fleet.errors import BadInput
 from ollama_fleet.gateway import spec_from
+from ollama_fleet.gateway.haproxy import Haproxy
 from ollama_fleet.gateway.nginx import Nginx
 from ollama_fleet.gpus import Discovery, Gpu
 from ollama_fleet.plan import ModelsDir, plan
 from tests.conftest import free_port_range, require_tool, start_instances, stop, subprocess_env, wait_answering
 
 
-class Gateway:
-    """A real nginx running the standalone config that `render-nginx` writes."""
+ENGINES = ["nginx", "haproxy"]
 
-    def __init__(self, base_port: int, count: int, *flags: str) -> None:
-        self.nginx = require_tool("nginx")
-        self.prefix = Path(tempfile.mkdtemp(prefix="fleet-nginx-"))
+
+class Gateway:
+    """A real nginx or haproxy running the standalone config that `render-<engine>` writes."""
+
+    def __init__(self, base_port: int, count: int, *flags: str, engine: str = "nginx", scheme: str = "http",
+                 verify: ssl.SSLContext | bool = True) -> None:
+        self.engine = engine
+        self.tool = require_tool(engine)
+        self.prefix = Path(tempfile.mkdtemp(prefix=f"fleet-{engine}-"))
         self.port = free_port_range(1)
-        self.url = f"http://127.0.0.1:{self.port}"
-        conf = self.prefix / "nginx.conf"
-        args = ["render-nginx", "--standalone", "--check", "--prefix", str(self.prefix), "-o", str(conf),
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.conf = self.prefix / f"{engine}.conf"
+        extra = ["--metrics-port", str(free_port_range(1))] if engine == "haproxy" else ["--standalone"]
+        args = [f"render-{engine}", "--check", "--prefix", str(self.prefix), "-o", str(self.conf),
                 "--gpus", ",".join(map(str, range(count))), "--base-port", str(base_port),
-                "--listen", f"127.0.0.1:{self.port}", *flags]
+                "--listen", f"127.0.0.1:{self.port}", *extra, *flags]
         result = subprocess.run([sys.executable, "-m", "ollama_fleet", *args], capture_output=True, text=True,
                                 env=subprocess_env(FAKE_NVML_GPUS=str(count)))
         assert result.returncode == 0, result.stderr
-        subprocess.run([self.nginx, "-p", str(self.prefix), "-c", str(conf)], check=True)
-        wait_answering(self.url + "/")
+        if engine == "nginx":
+            subprocess.run([self.tool, "-p", str(self.prefix), "-c", str(self.conf)], check=True)
+        else:
+            subprocess.run([self.tool, "-W", "-D", "-f", str(self.conf)], check=True, capture_output=True)
+        wait_answering(self.url + "/", verify=verify)
+        if engine == "haproxy":  # servers start DOWN until their first health check passes
+            deadline = time.monotonic() + 10
+            while httpx.get(self.url + "/api/version", verify=verify).status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def close(self) -> None:
-        subprocess.run([self.nginx, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-s", "stop"],
-                       capture_output=True)
+        if self.engine == "nginx":
+            subprocess.run([self.tool, "-p", str(self.prefix), "-c", str(self.conf), "-s", "stop"], capture_output=True)
+        else:
+            pid = int((self.prefix / "haproxy.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGTERM)
+        shutil.rmtree(self.prefix, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def four():
-    """Four fake instances (slow enough that streams overlap) behind one nginx."""
+@pytest.fixture(scope="module", params=ENGINES)
+def four(request):
+    """Four fake instances (slow enough that streams overlap) behind one gateway of each engine."""
     base, procs = start_instances(4, FAKE_OLLAMA_TPS="20", FAKE_OLLAMA_TOKENS="10")
-    gateway = Gateway(base, 4)
+    gateway = Gateway(base, 4, engine=request.param)
     yield gateway
     gateway.close()
     stop(procs)
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request) -> str:
+    return request.param
 
 
 def test_least_conn_spreads_8_long_streams_2_per_instance(four) -> None:
@@ -133,9 +159,9 @@ def test_official_ollama_client_through_the_gateway(four) -> None:
     assert "".join(parts).startswith("tok0 tok1")
 
 
-def test_allowlist_forbids_other_clients() -> None:
+def test_allowlist_forbids_other_clients(engine: str) -> None:
     base, procs = start_instances(1)
-    gateway = Gateway(base, 1)  # only loopback 127.0.0.1 and ::1 allowed
+    gateway = Gateway(base, 1, engine=engine)  # only loopback 127.0.0.1 and ::1 allowed
     try:
         assert httpx.get(gateway.url + "/api/version").status_code == 200
         other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
@@ -145,11 +171,11 @@ def test_allowlist_forbids_other_clients() -> None:
         stop(procs)
 
 
-def test_api_keys(tmp_path: Path) -> None:
+def test_api_keys(tmp_path: Path, engine: str) -> None:
     keys = tmp_path / "keys"
     keys.write_text("# team keys\nsk-fleet-0123456789\n\nsk-other-9876543210  # ci\n")
     base, procs = start_instances(1)
-    gateway = Gateway(base, 1, "--api-keys-file", str(keys))
+    gateway = Gateway(base, 1, "--api-keys-file", str(keys), engine=engine)
     try:
         for headers in ({}, {"Authorization": "Bearer wrong-key-123"}, {"Authorization": "sk-fleet-0123456789"},
                         {"Authorization": "Bearer SK-FLEET-0123456789"}, {"Authorization": "Bearer sk-fleet-0123456789x"}):
@@ -160,25 +186,25 @@ def test_api_keys(tmp_path: Path) -> None:
                           headers={"Authorization": "Bearer sk-other-9876543210"}) as response:
             assert response.status_code == 200
             assert json.loads(list(response.iter_lines())[-1])["done"] is True
-        assert oct((gateway.prefix / "nginx.conf").stat().st_mode & 0o777) == "0o640"
+        assert oct(gateway.conf.stat().st_mode & 0o777) == "0o640"
     finally:
         gateway.close()
         stop(procs)
 
 
-def test_keys_never_reach_stdout(tmp_path: Path, nvml) -> None:
+def test_keys_never_reach_stdout(tmp_path: Path, nvml, engine: str) -> None:
     nvml(2)
     keys = tmp_path / "keys"
     keys.write_text("sk-secret-0123456789\n")
-    result = CliRunner().invoke(app, ["render-nginx", "--api-keys-file", str(keys)])
+    result = CliRunner().invoke(app, [f"render-{engine}", "--api-keys-file", str(keys)])
     assert result.exit_code == 0, result.output
     assert "sk-secret" not in result.output
     assert "Bearer <redacted>" in result.stdout
 
 
-def test_a_killed_instance_costs_no_request() -> None:
+def test_a_killed_instance_costs_no_request(engine: str) -> None:
     base, procs = start_instances(3, FAKE_OLLAMA_TOKENS="2", FAKE_OLLAMA_TPS="1000")
-    gateway = Gateway(base, 3)
+    gateway = Gateway(base, 3, engine=engine)
     try:
         procs[1].kill()
         procs[1].wait()
@@ -214,15 +240,18 @@ networks = st.one_of(
     read_timeout=st.integers(1, 86400),
     body=st.from_regex(r"[1-9][0-9]{0,4}[kmg]?", fullmatch=True),
     keys=st.lists(st.from_regex(r"[A-Za-z0-9._~+/=-]{8,40}", fullmatch=True), max_size=3),
+    slots=st.one_of(st.none(), st.integers(1, 64)),
 )
-def test_every_accepted_config_passes_nginx_t(tmp_path_factory, count, per, base_port, listen, allow, balance,
-                                              read_timeout, body, keys) -> None:
+def test_every_accepted_config_passes_nginx_t_and_haproxy_c(tmp_path_factory, count, per, base_port, listen, allow,
+                                                            balance, read_timeout, body, keys, slots) -> None:
     require_tool("nginx")
+    require_tool("haproxy")
     if per > count:
         return
     tmp = tmp_path_factory.mktemp("prop")
     flags = {"base_port": str(base_port), "gpus_per_instance": str(per), "listen": listen, "allow": allow,
-             "balance": balance, "read_timeout": str(read_timeout), "max_body_size": body}
+             "balance": balance, "read_timeout": str(read_timeout), "max_body_size": body,
+             "env": [f"OLLAMA_NUM_PARALLEL={slots}"] if slots else []}
     if keys:
         (tmp / "keys").write_text("\n".join(keys) + "\n")
         flags["api_keys_file"] = str(tmp / "keys")
@@ -233,6 +262,9 @@ def test_every_accepted_config_passes_nginx_t(tmp_path_factory, count, per, base
     found = Discovery(gpus=[Gpu(index=i, uuid=f"GPU-{i}") for i in range(count)], pinned_by="uuid")
     spec = spec_from(config, plan(config, found, ModelsDir(path=tmp, exists=True)))
     Nginx().check(Nginx().render(spec, standalone=False, prefix=tmp), standalone=False)
+    haproxy = Haproxy().render(spec, prefix=tmp)
+    Haproxy().check(haproxy)
+    assert haproxy.count(f"maxconn {slots or 1}\n") == len(spec.instances)
 
 
 INJECTIONS = [
@@ -248,8 +280,9 @@ INJECTIONS = [
 ]
 
 
-@pytest.mark.parametrize("args", INJECTIONS)
-def test_injection_attempts_exit_2_and_write_nothing(tmp_path: Path, nvml, args: list[str]) -> None:
+@pytest.mark.parametrize("args", INJECTIONS + [["--env", "OLLAMA_NUM_PARALLEL=4\n  server evil 1.2.3.4:80"],
+                                             ["--env", "OLLAMA_NUM_PARALLEL=4 weight 0"]])
+def test_injection_attempts_exit_2_and_write_nothing(tmp_path: Path, nvml, args: list[str], engine: str) -> None:
     nvml(2)
     brace = tmp_path / "brace"
     brace.write_text('sk-valid-0123456789\nsk-evil"; } server { listen 1; #\n')
@@ -257,7 +290,7 @@ def test_injection_attempts_exit_2_and_write_nothing(tmp_path: Path, nvml, args:
     newline.write_text("sk-valid-0123456789\r\ninclude /etc/passwd;\n")
     args = [{"KEYFILE_WITH_BRACE": str(brace), "KEYFILE_WITH_NEWLINE": str(newline)}.get(a, a) for a in args]
     out = tmp_path / "out.conf"
-    result = CliRunner().invoke(app, ["render-nginx", "-o", str(out), *args])
+    result = CliRunner().invoke(app, [f"render-{engine}", "-o", str(out), *args])
     assert result.exit_code == 2, result.output
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
@@ -338,6 +371,7 @@ def test_standalone_config_runs_unprivileged(tmp_path: Path) -> None:
         if pid.exists():
             os.kill(int(pid.read_text()), signal.SIGTERM)
         stop(procs)
+        shutil.rmtree(prefix, ignore_errors=True)
 
 
 def test_standalone_names_its_worker_user_only_when_root(monkeypatch, tmp_path: Path) -> None:
@@ -354,30 +388,43 @@ def test_standalone_names_its_worker_user_only_when_root(monkeypatch, tmp_path: 
     assert "\nuser nobody nogroup;\n" in Nginx().render(spec, standalone=True, prefix=tmp_path, user=worker_user(None))
 
 
-def test_tls_gateway_serves_https(tmp_path: Path) -> None:
+def test_tls_gateway_serves_https(tmp_path: Path, engine: str) -> None:
     openssl = require_tool("openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-days", "1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    if engine == "haproxy":  # HAProxy reads the key from the certificate's file
+        both = tmp_path / "both.pem"
+        both.write_text(cert.read_text() + key.read_text())
+        cert = key = both
     base, procs = start_instances(1)
-    port = free_port_range(1)
-    prefix = Path(tempfile.mkdtemp(prefix="fleet-tls-"))
-    conf = prefix / "nginx.conf"
-    result = subprocess.run(
-        [sys.executable, "-m", "ollama_fleet", "render-nginx", "--standalone", "--check", "--prefix", str(prefix),
-         "-o", str(conf), "--gpus", "0", "--base-port", str(base), "--listen", f"127.0.0.1:{port}",
-         "--tls-cert", str(cert), "--tls-key", str(key)],
-        capture_output=True, text=True, env=subprocess_env(FAKE_NVML_GPUS="1"),
-    )
+    gateway = None
     try:
-        assert result.returncode == 0, result.stderr
-        subprocess.run([require_tool("nginx"), "-p", str(prefix), "-c", str(conf)], check=True)
-        response = wait_answering(f"https://127.0.0.1:{port}/api/version", verify=str(cert))
+        trust = ssl.create_default_context(cafile=str(cert))
+        gateway = Gateway(base, 1, "--tls-cert", str(cert), "--tls-key", str(key), engine=engine, scheme="https",
+                          verify=trust)
+        response = httpx.get(gateway.url + "/api/version", verify=trust)
         assert response.status_code == 200
         assert response.headers["x-fleet-instance"] == "gpu0"
+        try:  # it speaks TLS only: plain HTTP is refused (nginx answers 400, HAProxy hangs up)
+            plain = httpx.get(gateway.url.replace("https", "http") + "/api/version").status_code
+        except httpx.TransportError:
+            plain = None
+        assert plain in (None, 400)
     finally:
-        subprocess.run([require_tool("nginx"), "-p", str(prefix), "-c", str(conf), "-s", "stop"], capture_output=True)
+        if gateway is not None:
+            gateway.close()
         stop(procs)
+
+
+def test_haproxy_wants_the_key_with_the_certificate(tmp_path: Path, nvml) -> None:
+    nvml(1)
+    (tmp_path / "c.pem").write_text("x")
+    (tmp_path / "k.pem").write_text("x")
+    result = CliRunner().invoke(app, ["render-haproxy", "--tls-cert", str(tmp_path / "c.pem"),
+                                      "--tls-key", str(tmp_path / "k.pem")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: tls_key: HAProxy reads the key from the certificate file")
 
 
 def test_tls_files_must_exist(tmp_path: Path, nvml) -> None:

@@ -127,7 +127,7 @@ KeepAliveOpt = Annotated[Optional[str], _opt("--keep-alive", "OLLAMA_KEEP_ALIVE:
 UserOpt = Annotated[Optional[str], _opt("--user", "user instances run as when started by root (default: owner of the models dir)", "NAME")]
 StateDirOpt = Annotated[Optional[str], _opt("--state-dir", "state, logs, gateway files (default: /var/lib/ollama-fleet as root, else $XDG_STATE_HOME/ollama-fleet)", "PATH")]
 EnvOpt = Annotated[Optional[list[str]], _opt("--env", "extra KEY=VALUE for every instance (repeatable)", "KEY=VALUE")]
-GatewayOpt = Annotated[Optional[bool], typer.Option("--gateway/--no-gateway", help="start the nginx gateway (default: when nginx is installed)", show_default=False)]
+GatewayOpt = Annotated[Optional[bool], typer.Option("--gateway/--no-gateway", help="run the gateway (default: when its engine is installed)", show_default=False)]
 ListenOpt = Annotated[Optional[str], _opt("--listen", "where the gateway listens: [HOST:]PORT, [::]:PORT (default: 0.0.0.0:8080)", "ADDR")]
 AllowOpt = Annotated[Optional[list[str]], _opt("--allow", "client network let through, besides 127.0.0.1 and ::1 (repeatable)", "CIDR")]
 ApiKeysOpt = Annotated[Optional[str], _opt("--api-keys-file", "bearer API keys, one per line, # comments", "PATH")]
@@ -136,6 +136,8 @@ ReadTimeoutOpt = Annotated[Optional[str], _opt("--read-timeout", "seconds the ga
 MaxBodyOpt = Annotated[Optional[str], _opt("--max-body-size", "largest request body (default: 100m)", "SIZE")]
 TlsCertOpt = Annotated[Optional[str], _opt("--tls-cert", "TLS certificate (with --tls-key)", "PATH")]
 TlsKeyOpt = Annotated[Optional[str], _opt("--tls-key", "TLS private key (with --tls-cert)", "PATH")]
+EngineOpt = Annotated[Optional[str], _opt("--engine", "gateway engine: nginx | haproxy (default: nginx)", "ENGINE")]
+MetricsPortOpt = Annotated[Optional[str], _opt("--metrics-port", "loopback port of HAProxy's Prometheus exporter (default: 8405)", "PORT")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output (schema in the README)")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="show tracebacks of errors")]
 
@@ -275,6 +277,8 @@ def up_command(
     preload: PreloadOpt = None,
     env: EnvOpt = None,
     gateway: GatewayOpt = None,
+    engine: EngineOpt = None,
+    metrics_port: MetricsPortOpt = None,
     listen: ListenOpt = None,
     allow: AllowOpt = None,
     api_keys_file: ApiKeysOpt = None,
@@ -293,9 +297,9 @@ def up_command(
     home = cfg.state_dir
     new = Desired(instances=result.instances, ollama_bin=resolve_binary(cfg.ollama_bin), user=run_as(cfg, result))
     # The gateway's input (keys, TLS files) is read and checked before anything starts.
-    engine, spec = _gateway_plan(cfg, result, explicit=gateway is True)
-    if spec is not None:
-        gateway_preflight(spec, home)
+    gateway_engine, spec = _gateway_plan(cfg, result, explicit=gateway is True or engine is not None)
+    if gateway_engine is not None and spec is not None:
+        gateway_preflight(spec, home, gateway_engine.name)
     running = live_supervisor(home)
     if running is not None and foreground:
         raise UserError(f"a fleet is already running from {home} (supervisor pid {running.pid}); run `ollama-fleet down` first")
@@ -344,16 +348,16 @@ def up_command(
 
     _print_up(new, todo, ready, read_actual(home))
     problems = []
-    if engine is not None and spec is not None:
+    if gateway_engine is not None and spec is not None:
         try:
-            action, gw = gateway_converge(engine, spec, home, worker_user(new.user))
+            action, gw = gateway_converge(gateway_engine, spec, home, worker_user(new.user))
             if not probe.gateway_answers(spec.probe_url, 10):
-                problems.append(f"the gateway did not answer on {spec.probe_url}; see {home}/gateway/logs/error.log")
-            out.print(f"gateway: {engine.name} {action}, listening on {spec.listen} (pid {gw.process.pid if gw.process else '-'})")
+                problems.append(f"the gateway ({gateway_engine.name}) did not answer on {spec.probe_url}; see {home}/gateway")
+            out.print(f"gateway: {gateway_engine.name} {action}, listening on {spec.listen} (pid {gw.process.pid if gw.process else '-'})")
         except FleetError as exc:
             problems.append(str(exc))
     else:
-        write_model(home / GATEWAY, GatewayState(engine=None, reason="disabled" if not cfg.gateway else "nginx not installed"))
+        write_model(home / GATEWAY, GatewayState(engine=None, reason="disabled" if not cfg.gateway else f"{cfg.engine} not installed"))
     problems += list(ready.failed.values()) + [
         f"preload of {model} on {name} failed: {error}" for (name, model), error in preloaded.items() if error
     ]
@@ -368,19 +372,21 @@ def up_command(
 
 
 def _gateway_plan(cfg: FleetConfig, result: Plan, explicit: bool) -> tuple[Engine | None, GatewaySpec | None]:
-    """The engine and spec `up` will run, or (None, None) to run without a gateway."""
+    """The engine and spec to run, or (None, None) to run without a gateway. `explicit`: the
+    gateway or its engine was asked for, so a missing engine is an error, not a warning."""
     if not cfg.gateway:
         return None, None
     spec = spec_from(cfg, result)
-    if find_tool("nginx") is None:
-        if explicit:
-            raise Missing("gateway: nginx is not installed (apt-get install nginx), and --gateway asks for it")
-        warn("nginx is not installed: running without a gateway (apt-get install nginx; --no-gateway silences this)")
+    name = cfg.engine
+    if find_tool(name) is None:
+        if explicit or name != "nginx":
+            raise Missing(f"engine: {name} is not installed (apt-get install {name}), and the gateway asks for it")
+        warn(f"{name} is not installed: running without a gateway (apt-get install {name}; --no-gateway silences this)")
         return None, None
     message = exposure_warning(spec)
     if message:
         warn(message)
-    return engine_named("nginx"), spec
+    return engine_named(name), spec
 
 
 def run_as(cfg: FleetConfig, result: Plan) -> str | None:
@@ -443,6 +449,10 @@ def down_command(
         out.print(f"stopped {count} instance(s){also}; state cleared in {cfg.state_dir}")
 
 
+OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="write here (atomically) instead of stdout", metavar="FILE")]
+PrefixOpt = Annotated[Optional[str], _opt("--prefix", "where a standalone gateway keeps pid, logs, temp, admin socket (default: <state-dir>/gateway)", "DIR")]
+
+
 @command("render-nginx")
 def render_nginx_command(
     *,
@@ -451,6 +461,7 @@ def render_nginx_command(
     gpus_per_instance: PerInstanceOpt = None,
     base_port: BasePortOpt = None,
     state_dir: StateDirOpt = None,
+    env: EnvOpt = None,
     listen: ListenOpt = None,
     allow: AllowOpt = None,
     api_keys_file: ApiKeysOpt = None,
@@ -459,31 +470,65 @@ def render_nginx_command(
     max_body_size: MaxBodyOpt = None,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write here (atomically) instead of stdout", metavar="FILE")] = None,
+    output: OutputOpt = None,
     standalone: Annotated[bool, typer.Option("--standalone", help="a complete nginx.conf for `nginx -p PREFIX -c FILE`")] = False,
-    prefix: Annotated[Optional[str], _opt("--prefix", "where a standalone nginx keeps pid, logs, temp (default: <state-dir>/gateway)", "DIR")] = None,
+    prefix: PrefixOpt = None,
     check: Annotated[bool, typer.Option("--check", help="run `nginx -t` on the result; exit 1 with nginx's message if it fails")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Render the nginx gateway: an http-level snippet for conf.d/, or a standalone nginx.conf."""
     cfg = _config(config, verbose, **_settings(locals()))
+    _render_gateway("nginx", cfg, output=output, standalone=standalone, prefix=prefix, check=check)
+
+
+@command("render-haproxy")
+def render_haproxy_command(
+    *,
+    config: ConfigOpt = None,
+    gpus: GpusOpt = None,
+    gpus_per_instance: PerInstanceOpt = None,
+    base_port: BasePortOpt = None,
+    state_dir: StateDirOpt = None,
+    env: EnvOpt = None,
+    listen: ListenOpt = None,
+    allow: AllowOpt = None,
+    api_keys_file: ApiKeysOpt = None,
+    balance: BalanceOpt = None,
+    read_timeout: ReadTimeoutOpt = None,
+    max_body_size: MaxBodyOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    metrics_port: MetricsPortOpt = None,
+    output: OutputOpt = None,
+    standalone: Annotated[bool, typer.Option("--standalone", help="accepted for symmetry: the output is always a complete haproxy.cfg")] = False,
+    prefix: PrefixOpt = None,
+    check: Annotated[bool, typer.Option("--check", help="run `haproxy -c` on the result; exit 1 with HAProxy's message if it fails")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Render the HAProxy gateway: a complete haproxy.cfg that queues requests at the gateway."""
+    cfg = _config(config, verbose, **_settings(locals()))
+    _render_gateway("haproxy", cfg, output=output, standalone=True, prefix=prefix, check=check)
+
+
+def _render_gateway(name: str, cfg: FleetConfig, *, output: Path | None, standalone: bool, prefix: str | None, check: bool) -> None:
     assert cfg.state_dir is not None
-    root = checked_path(prefix, "prefix") if prefix else cfg.state_dir / "gateway"
+    root = (checked_path(prefix, "prefix") if prefix else cfg.state_dir / "gateway").absolute()
     result = _plan(cfg)
     spec = spec_from(cfg, result)
     if message := exposure_warning(spec):
         warn(message)
-    engine = engine_named("nginx")
+    engine = engine_named(name)
     user = worker_user(run_as(cfg, result)) if standalone else None
-    content = engine.render(spec, standalone=standalone, prefix=root.absolute(), user=user)
+    content = engine.render(spec, standalone=standalone, prefix=root, user=user)
     if check:
-        engine.check(content, standalone=standalone, prefix=root.absolute())
+        engine.check(content, standalone=standalone, prefix=root)
     if output is None:
         # API keys never reach stdout; -o FILE writes them (mode 0640).
-        print(engine.render(spec.redacted(), standalone=standalone, prefix=root.absolute(), user=user), end="")
+        print(engine.render(spec.redacted(), standalone=standalone, prefix=root, user=user), end="")
     else:
         write_atomic(output, content, secret_mode(spec))
-        err.print(f"wrote {output}" + (" (nginx -t: ok)" if check else ""))
+        checked = " (nginx -t: ok)" if name == "nginx" else " (haproxy -c: ok)"
+        err.print(f"wrote {output}" + (checked if check else ""), soft_wrap=True, markup=False)
 
 
 class Format(str, Enum):
@@ -552,7 +597,9 @@ def _status_view(report: Any) -> Group:
             "-" if g.power is None else f"{g.power:.0f} W",
             used_by.get(g.label.removeprefix("gpu"), "-"),
         )
-    instances = Table("instance", "GPUs", Column("address", no_wrap=True), "pid", "uptime", "restarts", "health", "version",
+    queues = any(i.gateway is not None for i in report.instances)
+    columns = ["instance", "GPUs", Column("address", no_wrap=True), "pid", "uptime", "restarts", "health", "version"]
+    instances = Table(*columns, *(["gateway", "queued", "in flight"] if queues else []),
                       title=f"instances (started by {report.source})", title_justify="left")
     models = Table("instance", "model", "VRAM", "unloads in", title="loaded models", title_justify="left")
     for i in report.instances:
@@ -560,6 +607,7 @@ def _status_view(report: Any) -> Group:
         instances.add_row(
             i.name, ",".join(i.gpus), i.address, str(i.pid or "-"), _duration(i.uptime_s),
             "-" if i.restarts is None else str(i.restarts), health, i.version or "-",
+            *([i.gateway.state, str(i.gateway.queued), str(i.gateway.in_flight)] if i.gateway else ["-"] * 3 if queues else []),
             style=None if i.healthy else "red",
         )
         for m in i.models:
@@ -698,6 +746,8 @@ def install_systemd_command(
     user: Annotated[Optional[str], _opt("--user", "the user instances run as (default: ollama)", "NAME")] = None,
     env: EnvOpt = None,
     gateway: GatewayOpt = None,
+    engine: EngineOpt = None,
+    metrics_port: MetricsPortOpt = None,
     listen: ListenOpt = None,
     allow: AllowOpt = None,
     api_keys_file: ApiKeysOpt = None,
@@ -711,7 +761,7 @@ def install_systemd_command(
     enable: Annotated[bool, typer.Option("--enable/--no-enable", help="daemon-reload, enable --now the target, reload nginx")] = True,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Install the fleet as systemd units: one ollama-fleet@ instance per GPU, one target, the nginx snippet."""
+    """Install the fleet as systemd units: one ollama-fleet@ instance per GPU, one target, the gateway."""
     cfg = _config(config, verbose, **_settings(locals()))
     result = _plan(cfg)
     name = cfg.user or systemd.DEFAULT_USER
@@ -734,19 +784,15 @@ def install_systemd_command(
         models_dir=result.models_dir.path,
         home=systemd.home_of(name),
     )
-    snippet, listening, engine = None, None, None
-    engine_, spec = _gateway_plan(cfg, result, explicit=gateway is True)
-    if engine_ is not None and spec is not None:
-        engine = engine_
-        # Checked before anything is written: a failed check leaves the old snippet in place.
-        content = engine.render(spec, standalone=False, prefix=base)
-        engine.check(content, standalone=False)
-        snippet = RenderedFile(Path(systemd.NGINX_SNIPPET), content, secret_mode(spec))
-        listening = systemd.ManifestGateway(engine=engine.name, listen=str(spec.listen), url=spec.probe_url)
-    files = systemd.render_units(result.instances, service, snippet)
+    gateway_engine, spec = _gateway_plan(cfg, result, explicit=gateway is True or engine is not None)
+    gw = None
+    if gateway_engine is not None and spec is not None:
+        # Checked before anything is written: a config the engine rejects leaves the old one.
+        gw = systemd.gateway_install(gateway_engine, spec, systemd.haproxy_user())
+    files = systemd.render_units(result.instances, service, gw.files if gw else ())
     report = systemd.install(
-        files, result.instances, listening, root=base, dry_run=dry_run, systemctl=systemctl,
-        redact=engine.redact if engine else str,
+        files, result.instances, gw.manifest if gw else None, root=base, dry_run=dry_run, systemctl=systemctl,
+        redact=gateway_engine.redact if gateway_engine else str, reloads=gw.reloads if gw else None,
     )
     if dry_run:
         print(report.diff, end="")

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Literal
 
 import psutil
-from pydantic import BaseModel, computed_field
+from pydantic import BaseModel, Field, computed_field
 
 from ollama_fleet import probe, systemd
 from ollama_fleet.errors import UserError
+from ollama_fleet.gateway import ServerStats, engine_named
 from ollama_fleet.gpus import Gpu, NvmlUnavailable, discover
 from ollama_fleet.state import read_actual, read_desired, read_gateway
 
@@ -42,10 +43,13 @@ class InstanceStatus(BaseModel):
     version: str | None = None
     error: str | None = None
     models: list[LoadedModel] = []
+    # What the gateway itself knows of this instance (HAProxy): UP/DOWN/DRAIN, queued, in flight.
+    gateway: ServerStats | None = None
 
 
 class GatewayStatus(BaseModel):
     engine: str | None  # None: the fleet runs without a gateway
+    prefix: Path | None = Field(None, exclude=True)  # where its runtime files are (admin socket)
     listen: str | None = None
     url: str | None = None
     pid: int | None = None
@@ -110,7 +114,9 @@ def _from_up(state_dir: Path) -> tuple[list[_Member], GatewayStatus] | None:
         gateway = GatewayStatus(engine=None, reason=gw.reason if gw else "not started")
     else:
         live = gw.process.process() if gw.process else None
-        gateway = GatewayStatus(engine=gw.engine, listen=gw.listen, url=gw.url, pid=live.pid if live else None)
+        gateway = GatewayStatus(
+            engine=gw.engine, listen=gw.listen, url=gw.url, pid=live.pid if live else None, prefix=gw.prefix
+        )
     return members, gateway
 
 
@@ -138,7 +144,7 @@ def _from_systemd(root: Path) -> tuple[list[_Member], GatewayStatus] | None:
         ))
     gw = manifest.gateway
     gateway = (
-        GatewayStatus(engine=gw.engine, listen=gw.listen, url=gw.url)
+        GatewayStatus(engine=gw.engine, listen=gw.listen, url=gw.url, prefix=gw.prefix)
         if gw else GatewayStatus(engine=None, reason="not installed")
     )
     return members, gateway
@@ -165,6 +171,7 @@ def gather(state_dir: Path, timeout: float, system_root: Path = Path("/")) -> St
     members, gateway = found
     gpus, nvml = _gpus()
     facts, gateway_error = probe.gather_facts([m.address for m in members], gateway.url, timeout)
+    servers = engine_named(gateway.engine).stats(gateway.prefix) if gateway.engine and gateway.prefix else None
     now = time.time()
     instances = []
     for m in members:
@@ -175,6 +182,7 @@ def gather(state_dir: Path, timeout: float, system_root: Path = Path("/")) -> St
             healthy=f.version is not None, latency_ms=round(f.latency_ms, 2) if f.latency_ms is not None else None,
             version=f.version, error=f.error if f.version is None else None,
             models=[_model(raw) for raw in f.models],
+            gateway=(servers or {}).get(m.name),
         ))
     if gateway.engine is not None:
         gateway.up = gateway_error is None
@@ -243,6 +251,11 @@ def prometheus(report: StatusReport) -> str:
                None if i.latency_ms is None else i.latency_ms / 1000, **labels)
         sample("instance_uptime_seconds", "seconds since the instance process started", i.uptime_s, **labels)
         sample("instance_models_loaded", "models the instance holds (GET /api/ps)", len(i.models), **labels)
+        if i.gateway is not None:
+            sample("instance_queued", "requests waiting at the gateway for this instance (HAProxy)",
+                   i.gateway.queued, **labels)
+            sample("instance_in_flight", "requests the instance serves now, as the gateway counts them (HAProxy)",
+                   i.gateway.in_flight, **labels)
         for m in i.models:
             sample("model_vram_bytes", "GPU memory a loaded model holds", m.size_vram, instance=i.name, model=m.name)
             sample("model_size_bytes", "memory a loaded model holds in all", m.size, instance=i.name, model=m.name)

@@ -16,11 +16,12 @@ import stat
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Callable, Sequence
 
 from pydantic import BaseModel
 
 from ollama_fleet.errors import Missing, UserError
+from ollama_fleet.gateway import Engine, GatewaySpec, require_tool, secret_mode
 from ollama_fleet.plan import GpuRef, Instance
 from ollama_fleet.render import RenderedFile, render
 from ollama_fleet.state import write_atomic
@@ -28,6 +29,9 @@ from ollama_fleet.state import write_atomic
 UNIT_DIR = PurePosixPath("/etc/systemd/system")
 CONF_DIR = PurePosixPath("/etc/ollama-fleet")
 NGINX_SNIPPET = PurePosixPath("/etc/nginx/conf.d/ollama-fleet.conf")
+HAPROXY_CFG = CONF_DIR / "haproxy.cfg"
+GATEWAY_UNIT = "ollama-fleet-gateway.service"
+RUN_DIR = PurePosixPath("/run/ollama-fleet")  # the gateway unit's RuntimeDirectory=
 MANIFEST = CONF_DIR / "manifest.json"
 TEMPLATE_UNIT = "ollama-fleet@.service"
 TARGET = "ollama-fleet.target"
@@ -59,7 +63,7 @@ class Service:
 
 
 def render_units(
-    instances: tuple[Instance, ...], service: Service, gateway: RenderedFile | None = None
+    instances: tuple[Instance, ...], service: Service, gateway: Sequence[RenderedFile] = ()
 ) -> list[RenderedFile]:
     """Every file install-systemd writes, at its absolute path on the target system."""
     models = service.models_dir.absolute()
@@ -78,16 +82,49 @@ def render_units(
     )
     files = [
         RenderedFile(Path(UNIT_DIR / TEMPLATE_UNIT), unit),
-        RenderedFile(Path(UNIT_DIR / TARGET), render("systemd/ollama-fleet.target.j2", instances=instances)),
+        RenderedFile(Path(UNIT_DIR / TARGET), render(
+            "systemd/ollama-fleet.target.j2", instances=instances,
+            gateway_unit=GATEWAY_UNIT if any(f.path == Path(UNIT_DIR / GATEWAY_UNIT) for f in gateway) else None,
+        )),
     ]
     # 0600: --env values may be tokens; systemd reads the file as root.
     files += [
         RenderedFile(Path(CONF_DIR / f"{i.name}.env"), render("systemd/instance.env.j2", name=i.name, env=i.env), 0o600)
         for i in instances
     ]
-    if gateway is not None:
-        files.append(gateway)
-    return files
+    return files + list(gateway)
+
+
+@dataclass(frozen=True)
+class GatewayInstall:
+    """The gateway's files, what to tell systemd when one changes, and what the manifest says."""
+
+    files: tuple[RenderedFile, ...]
+    reloads: dict[str, tuple[str, ...]]  # path -> systemctl arguments to run when it changed
+    manifest: ManifestGateway
+
+
+def gateway_install(engine: Engine, spec: GatewaySpec, haproxy_user: tuple[str, str] | None) -> GatewayInstall:
+    """nginx: a snippet in the distribution's conf.d, reloaded with nginx. HAProxy: its own
+    config and unit (DESIGN.md §6). Either is checked by the engine before it is written."""
+    mode = secret_mode(spec)
+    if engine.name == "nginx":
+        content = engine.render(spec, standalone=False, prefix=Path(RUN_DIR))
+        engine.check(content, standalone=False)
+        return GatewayInstall(
+            files=(RenderedFile(Path(NGINX_SNIPPET), content, mode),),
+            reloads={str(NGINX_SNIPPET): ("reload", "nginx.service")},
+            manifest=ManifestGateway(engine="nginx", listen=str(spec.listen), url=spec.probe_url),
+        )
+    content = engine.render(spec, standalone=True, prefix=Path(RUN_DIR), user=haproxy_user)
+    engine.check(content, standalone=True)
+    unit = render("systemd/ollama-fleet-gateway.service.j2", haproxy=require_tool("haproxy"), config=HAPROXY_CFG)
+    return GatewayInstall(
+        files=(RenderedFile(Path(HAPROXY_CFG), content, mode), RenderedFile(Path(UNIT_DIR / GATEWAY_UNIT), unit)),
+        # try-: a gateway this install is about to start is started by `enable --now` instead.
+        reloads={str(HAPROXY_CFG): ("try-reload-or-restart", GATEWAY_UNIT)},
+        manifest=ManifestGateway(engine="haproxy", listen=str(spec.listen), url=spec.probe_url, prefix=Path(RUN_DIR)),
+    )
 
 
 # ------------------------------------------------------------------ manifest
@@ -97,6 +134,7 @@ class ManifestGateway(BaseModel):
     engine: str
     listen: str
     url: str
+    prefix: Path | None = None  # its runtime files (HAProxy's admin socket)
 
 
 class Member(BaseModel):
@@ -209,6 +247,7 @@ def install(
     dry_run: bool = False,
     systemctl: Systemctl | None = None,
     redact: Callable[[str], str] = str,
+    reloads: dict[str, tuple[str, ...]] | None = None,
 ) -> InstallReport:
     """Write what changed (atomically), remove what the last install wrote and this one does
     not, then (with a systemctl) reload systemd and restart only what changed."""
@@ -262,8 +301,13 @@ def install(
         if report.restarted:
             # Applies a changed env file or unit; a stream in flight on it is cut (plain restart).
             systemctl("try-restart", *map(unit_of, report.restarted))
+        if str(UNIT_DIR / GATEWAY_UNIT) in changed and old and str(UNIT_DIR / GATEWAY_UNIT) in old.files:
+            systemctl("try-restart", GATEWAY_UNIT)
         systemctl("enable", "--now", TARGET)
-        if str(NGINX_SNIPPET) in changed or str(NGINX_SNIPPET) in stale:
+        for path, args in (reloads or {}).items():
+            if path in changed:
+                systemctl(*args)
+        if str(NGINX_SNIPPET) in stale:  # the gateway moved away from nginx
             systemctl("reload", "nginx.service")
     return report
 
@@ -334,6 +378,19 @@ def home_of(user: str) -> Path:
         return Path(pwd.getpwnam(user).pw_dir)
     except KeyError:
         return Path("/usr/share/ollama")  # the official installer's home for `ollama`
+
+
+def haproxy_user() -> tuple[str, str]:
+    """Who the HAProxy gateway's workers run as: the distribution's `haproxy` user, else nobody."""
+    import grp
+
+    for name in ("haproxy", "nobody"):
+        try:
+            account = pwd.getpwnam(name)
+            return account.pw_name, grp.getgrgid(account.pw_gid).gr_name
+        except KeyError:
+            continue
+    return "nobody", "nogroup"
 
 
 def is_root() -> bool:

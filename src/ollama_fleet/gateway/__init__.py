@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +32,7 @@ class Backend(BaseModel):
     model_config = ConfigDict(frozen=True)
     name: str
     address: str
+    slots: int = 1  # the instance's OLLAMA_NUM_PARALLEL: requests it serves at once
 
 
 class Tls(BaseModel):
@@ -49,6 +51,7 @@ class GatewaySpec(BaseModel):
     read_timeout: int
     max_body_size: str
     tls: Tls | None
+    metrics_port: int = 8405
 
     def redacted(self) -> GatewaySpec:
         return self.model_copy(update={"api_keys": tuple(REDACTED for _ in self.api_keys)})
@@ -92,7 +95,7 @@ def spec_from(config: FleetConfig, plan: Plan) -> GatewaySpec:
                 raise BadInput(f"{field}: {path} does not exist")
         tls = Tls(cert=config.tls_cert.absolute(), key=config.tls_key.absolute())
     return GatewaySpec(
-        instances=tuple(Backend(name=i.name, address=i.address) for i in plan.instances),
+        instances=tuple(Backend(name=i.name, address=i.address, slots=_slots(i.env)) for i in plan.instances),
         listen=config.listen,
         allow=tuple(str(net) for net in config.allow),
         api_keys=read_api_keys(config.api_keys_file) if config.api_keys_file else (),
@@ -100,7 +103,29 @@ def spec_from(config: FleetConfig, plan: Plan) -> GatewaySpec:
         read_timeout=config.read_timeout,
         max_body_size=config.max_body_size,
         tls=tls,
+        metrics_port=config.metrics_port,
     )
+
+
+def _slots(env: dict[str, str]) -> int:
+    value = env.get("OLLAMA_NUM_PARALLEL", "").strip()
+    if not value:
+        return 1  # Ollama's default when the variable is unset
+    if not value.isdigit() or not 1 <= int(value) <= 1024:
+        raise BadInput(f"env: OLLAMA_NUM_PARALLEL must be a whole number from 1 to 1024 (got {value!r})")
+    return int(value)
+
+
+def run_tool(argv: list[str], what: str, markers: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """Run a gateway tool; on failure raise its own words (the lines carrying `markers`),
+    each said once (nginx repeats a failed bind() five times)."""
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        text = proc.stderr + proc.stdout
+        lines = list(dict.fromkeys(line.strip() for line in text.splitlines() if any(m in line for m in markers)))
+        detail = "\n".join(lines or text.strip().splitlines()[-3:])
+        raise UserError(f"{what} failed ({' '.join(argv)}):\n{detail}")
+    return proc
 
 
 def exposure_warning(spec: GatewaySpec) -> str | None:
@@ -152,14 +177,26 @@ class Engine(Protocol):
 
     def running(self, prefix: Path) -> int | None: ...
 
+    def stats(self, prefix: Path) -> dict[str, ServerStats] | None:
+        """Per instance, what the gateway knows (queue, in flight, health), or None if it
+        keeps no such count."""
+        ...
+
+
+class ServerStats(BaseModel):
+    state: str  # UP, DOWN, DRAIN, MAINT, ...
+    queued: int  # requests waiting at the gateway for this instance
+    in_flight: int
+
 
 # ------------------------------------------------------------------ run by `up` and `down`
 
 
 def engine_named(name: str) -> Engine:
+    from ollama_fleet.gateway.haproxy import Haproxy
     from ollama_fleet.gateway.nginx import Nginx
 
-    engines: dict[str, Engine] = {"nginx": Nginx()}
+    engines: dict[str, Engine] = {"nginx": Nginx(), "haproxy": Haproxy()}
     return engines[name]
 
 
@@ -175,18 +212,21 @@ def worker_user(run_as: str | None) -> tuple[str, str] | None:
     return (account.pw_name, grp.getgrgid(account.pw_gid).gr_name)
 
 
-def preflight(spec: GatewaySpec, state_dir: Path) -> None:
-    """Refuse before anything starts when a stranger holds the gateway's port (exit 1)."""
+def preflight(spec: GatewaySpec, state_dir: Path, engine: str) -> None:
+    """Refuse before anything starts when a stranger holds a port the gateway needs (exit 1)."""
     from ollama_fleet.supervisor import port_holder
 
     ours = read_gateway(state_dir)
     if ours is not None and ours.process is not None and ours.process.process() is not None:
-        return  # our own gateway holds it; `up` reloads it
-    holder = port_holder(spec.listen.port, spec.listen.host)
-    if holder is not None:
-        raise UserError(
-            f"listen: port {spec.listen.port} for the gateway is taken by {holder}; pass another --listen or --no-gateway"
-        )
+        return  # our own gateway holds them; `up` reloads it
+    ports = [("listen", spec.listen.port, spec.listen.host)]
+    if engine == "haproxy":
+        ports.append(("metrics_port", spec.metrics_port, "127.0.0.1"))
+    for field, port, host in ports:
+        holder = port_holder(port, host)
+        if holder is not None:
+            flag = "--" + field.replace("_", "-")
+            raise UserError(f"{field}: port {port} for the gateway is taken by {holder}; pass another {flag} or --no-gateway")
 
 
 def converge(engine: Engine, spec: GatewaySpec, state_dir: Path, user: tuple[str, str] | None) -> tuple[str, GatewayState]:
@@ -201,6 +241,11 @@ def converge(engine: Engine, spec: GatewaySpec, state_dir: Path, user: tuple[str
     engine.check(content, standalone=True, prefix=prefix)
     previous = read_gateway(state_dir)
     live = previous.process if previous and previous.process and previous.process.process() else None
+    if live is not None and previous is not None and previous.engine != engine.name:
+        from ollama_fleet.supervisor import stop_processes
+
+        stop_processes([live], 10)  # the other engine holds the port: it goes first
+        live = None
     unchanged = config.exists() and config.read_text() == content
     write_atomic(config, content, secret_mode(spec))
     if live is not None and previous is not None and previous.engine == engine.name:

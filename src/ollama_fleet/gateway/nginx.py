@@ -9,21 +9,15 @@ import tempfile
 from pathlib import Path
 
 from ollama_fleet.errors import UserError
-from ollama_fleet.gateway import REDACTED, GatewaySpec, require_tool
+from ollama_fleet.gateway import REDACTED, GatewaySpec, ServerStats, require_tool, run_tool
 from ollama_fleet.render import render
 
 PID_FILE = "nginx.pid"
 
 
 def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if proc.returncode != 0:
-        # nginx's own words: the [emerg] line names the file, the line and the problem.
-        # dict.fromkeys: nginx repeats a failed bind() five times; say it once.
-        lines = list(dict.fromkeys(line for line in proc.stderr.splitlines() if "[emerg]" in line or "[alert]" in line))
-        detail = "\n".join(lines or proc.stderr.strip().splitlines()[-3:])
-        raise UserError(f"{what} failed ({' '.join(argv)}):\n{detail}")
-    return proc
+    # nginx's own words: the [emerg] line names the file, the line and the problem.
+    return run_tool(argv, what, ("[emerg]", "[alert]"))
 
 
 class Nginx:
@@ -87,6 +81,9 @@ class Nginx:
             return int((prefix / PID_FILE).read_text().strip())
         except (OSError, ValueError):
             return None
+
+    def stats(self, prefix: Path) -> dict[str, ServerStats] | None:
+        return None  # open-source nginx exposes no per-upstream counts
 
 
 def prepare(prefix: Path) -> None:

@@ -1,0 +1,132 @@
+"""The HAProxy engine: a complete haproxy.cfg that queues requests at the gateway (maxconn
+per server = the instance's slots), checks instances actively, and exposes a runtime API
+and a Prometheus exporter. `up` runs it in master-worker mode, so a reload keeps the pid."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ollama_fleet.errors import BadInput, UserError
+from ollama_fleet.gateway import REDACTED, GatewaySpec, ServerStats, require_tool, run_tool
+from ollama_fleet.render import render
+
+PID_FILE = "haproxy.pid"
+SOCKET = "admin.sock"
+SOCKET_MAX = 100  # sun_path holds 108 bytes; leave room
+BACKEND = "ollama_fleet"
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
+
+
+def body_bytes(size: str) -> int:
+    """nginx's size syntax (100m, 512k, 1g, 1000), as HAProxy compares Content-Length."""
+    number, unit = re.fullmatch(r"(\d+)([kKmMgG]?)", size).groups()  # type: ignore[union-attr]
+    return int(number) * _UNITS[unit.lower()]
+
+
+def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
+    return run_tool(argv, what, ("[ALERT]",))
+
+
+class Haproxy:
+    name = "haproxy"
+
+    def render(
+        self, spec: GatewaySpec, *, standalone: bool = True, prefix: Path, user: tuple[str, str] | None = None
+    ) -> str:
+        """Always a complete haproxy.cfg (`standalone` is accepted for symmetry with nginx);
+        `prefix` holds its pid file and admin socket."""
+        sock = prefix / SOCKET
+        if len(str(sock)) > SOCKET_MAX:
+            raise BadInput(
+                f"prefix: the admin socket path {sock} is longer than {SOCKET_MAX} bytes (a Unix socket limit); "
+                "choose a shorter --state-dir or --prefix"
+            )
+        if spec.tls is not None and spec.tls.key not in (spec.tls.cert, Path(f"{spec.tls.cert}.key")):
+            raise BadInput(
+                f"tls_key: HAProxy reads the key from the certificate file or from {spec.tls.cert}.key; "
+                "put both in one PEM (cat cert key > both.pem) and pass it as --tls-cert and --tls-key"
+            )
+        return render(
+            "haproxy/haproxy.cfg.j2",
+            instances=spec.instances,
+            listen=str(spec.listen),
+            allow=spec.allow,
+            api_keys=spec.api_keys,
+            balance=spec.balance,
+            read_timeout=spec.read_timeout,
+            max_body_bytes=body_bytes(spec.max_body_size),
+            tls=spec.tls,
+            metrics_port=spec.metrics_port,
+            prefix=prefix,
+            user=user[0] if user else None,
+            group=user[1] if user else None,
+        )
+
+    def redact(self, text: str) -> str:
+        return re.sub(r'"Bearer [^"]*"', f'"Bearer {REDACTED}"', text)
+
+    def check(self, content: str, *, standalone: bool = True, prefix: Path | None = None) -> None:
+        """`haproxy -c`: parses the whole config, binds nothing."""
+        haproxy = require_tool("haproxy")
+        with tempfile.NamedTemporaryFile("w", prefix="ollama-fleet-check-", suffix=".cfg") as fh:
+            fh.write(content)
+            fh.flush()
+            _run([haproxy, "-c", "-q", "-f", fh.name], "haproxy -c")
+
+    def start(self, prefix: Path, config: Path) -> int:
+        prefix.mkdir(parents=True, exist_ok=True)
+        (prefix / PID_FILE).unlink(missing_ok=True)
+        # -W: master-worker, so a reload (SIGUSR2 to the master) keeps the master's pid and
+        # old workers finish their streams; -D: detach. The config's pidfile holds the master.
+        _run([require_tool("haproxy"), "-W", "-D", "-f", str(config)], "starting haproxy")
+        pid = self.running(prefix)
+        if pid is None:
+            raise UserError(f"haproxy started but wrote no pid file in {prefix}")
+        return pid
+
+    def reload(self, prefix: Path, config: Path) -> None:
+        pid = self.running(prefix)
+        if pid is None:
+            raise UserError(f"cannot reload haproxy: no pid file in {prefix}")
+        os.kill(pid, signal.SIGUSR2)  # the master re-reads `config`; checked before we got here
+
+    def running(self, prefix: Path) -> int | None:
+        try:
+            return int((prefix / PID_FILE).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stats(self, prefix: Path) -> dict[str, ServerStats] | None:
+        """Per instance: its state, requests queued at the gateway, requests in flight."""
+        text = runtime_command(prefix / SOCKET, "show stat")
+        if text is None:
+            return None
+        rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+        return {
+            row["svname"]: ServerStats(state=row["status"], queued=int(row["qcur"] or 0), in_flight=int(row["scur"] or 0))
+            for row in rows
+            if row.get("pxname") == BACKEND and row.get("svname") not in ("FRONTEND", "BACKEND")
+        }
+
+
+def runtime_command(sock: Path, command: str, timeout: float = 2.0) -> str | None:
+    """One command on HAProxy's runtime API; None when the socket does not answer."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(str(sock))
+            conn.sendall(command.encode() + b"\n")
+            chunks = []
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+    except OSError:
+        return None
