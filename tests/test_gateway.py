@@ -61,9 +61,12 @@ class Gateway:
         else:
             subprocess.run([self.tool, "-W", "-D", "-f", str(self.conf)], check=True, capture_output=True)
         wait_answering(self.url + "/", verify=verify)
-        if engine == "haproxy":  # servers start DOWN until their first health check passes
+        if engine == "haproxy":  # servers are fully UP (not "UP 1/2") once their first check passed
             deadline = time.monotonic() + 10
-            while httpx.get(self.url + "/api/version", verify=verify).status_code != 200 and time.monotonic() < deadline:
+            while time.monotonic() < deadline:
+                stats = Haproxy().stats(self.prefix)
+                if stats is not None and stats.servers and all(s.state == "UP" for s in stats.servers.values()):
+                    break
                 time.sleep(0.05)
 
     def close(self) -> None:

@@ -599,7 +599,7 @@ def _status_view(report: Any) -> Group:
         )
     queues = any(i.gateway is not None for i in report.instances)
     columns = ["instance", "GPUs", Column("address", no_wrap=True), "pid", "uptime", "restarts", "health", "version"]
-    instances = Table(*columns, *(["gateway", "queued", "in flight"] if queues else []),
+    instances = Table(*columns, *(["gateway"] if queues else []),
                       title=f"instances (started by {report.source})", title_justify="left")
     models = Table("instance", "model", "VRAM", "unloads in", title="loaded models", title_justify="left")
     for i in report.instances:
@@ -607,7 +607,7 @@ def _status_view(report: Any) -> Group:
         instances.add_row(
             i.name, ",".join(i.gpus), i.address, str(i.pid or "-"), _duration(i.uptime_s),
             "-" if i.restarts is None else str(i.restarts), health, i.version or "-",
-            *([i.gateway.state, str(i.gateway.queued), str(i.gateway.in_flight)] if i.gateway else ["-"] * 3 if queues else []),
+            *([_server(i.gateway)] if queues else []),
             style=None if i.healthy else "red",
         )
         for m in i.models:
@@ -617,12 +617,22 @@ def _status_view(report: Any) -> Group:
     if gw.engine is None:
         gateway = Text(f"gateway: none ({gw.reason})")
     elif gw.up:
-        gateway = Text.assemble("gateway: ", (f"{gw.engine} up", "green"), f", listening on {gw.listen}")
+        queue = "" if gw.queued is None else f", {gw.queued} request(s) queued"
+        gateway = Text.assemble("gateway: ", (f"{gw.engine} up", "green"), f", listening on {gw.listen}{queue}")
     else:
         gateway = Text.assemble("gateway: ", (f"{gw.engine} DOWN ({gw.error})", "bold red"), f", should listen on {gw.listen}")
     parts: list[Any] = [gpus] if report.gpus else []
     parts += [instances, models] if models.rows else [instances]
     return Group(*parts, gateway)
+
+
+def _server(stats: Any) -> str:
+    """What HAProxy says of an instance: "UP, 2 in flight", "DOWN", "DRAIN, 1 in flight"."""
+    if stats is None:
+        return "-"
+    counts = [f"{stats.in_flight} in flight"] if stats.in_flight else []
+    counts += [f"{stats.queued} queued"] if stats.queued else []
+    return ", ".join([stats.state, *counts])
 
 
 def _duration(seconds: float | None) -> str:

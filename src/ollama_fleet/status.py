@@ -56,6 +56,7 @@ class GatewayStatus(BaseModel):
     up: bool = False
     error: str | None = None
     reason: str | None = None  # why there is no gateway
+    queued: int | None = None  # requests waiting at the gateway for a free instance (HAProxy)
 
 
 class NvmlStatus(BaseModel):
@@ -171,7 +172,9 @@ def gather(state_dir: Path, timeout: float, system_root: Path = Path("/")) -> St
     members, gateway = found
     gpus, nvml = _gpus()
     facts, gateway_error = probe.gather_facts([m.address for m in members], gateway.url, timeout)
-    servers = engine_named(gateway.engine).stats(gateway.prefix) if gateway.engine and gateway.prefix else None
+    counts = engine_named(gateway.engine).stats(gateway.prefix) if gateway.engine and gateway.prefix else None
+    servers = counts.servers if counts else {}
+    gateway.queued = counts.queued if counts else None
     now = time.time()
     instances = []
     for m in members:
@@ -182,7 +185,7 @@ def gather(state_dir: Path, timeout: float, system_root: Path = Path("/")) -> St
             healthy=f.version is not None, latency_ms=round(f.latency_ms, 2) if f.latency_ms is not None else None,
             version=f.version, error=f.error if f.version is None else None,
             models=[_model(raw) for raw in f.models],
-            gateway=(servers or {}).get(m.name),
+            gateway=servers.get(m.name),
         ))
     if gateway.engine is not None:
         gateway.up = gateway_error is None
@@ -260,8 +263,10 @@ def prometheus(report: StatusReport) -> str:
             sample("model_vram_bytes", "GPU memory a loaded model holds", m.size_vram, instance=i.name, model=m.name)
             sample("model_size_bytes", "memory a loaded model holds in all", m.size, instance=i.name, model=m.name)
     if report.gateway.engine is not None:
-        sample("gateway_up", "1 when the gateway answers", report.gateway.up,
-               engine=report.gateway.engine, listen=report.gateway.listen or "")
+        labels = dict(engine=report.gateway.engine, listen=report.gateway.listen or "")
+        sample("gateway_up", "1 when the gateway answers", report.gateway.up, **labels)
+        sample("gateway_queued", "requests waiting at the gateway for a free instance (HAProxy)",
+               report.gateway.queued, **labels)
     lines = []
     for metric, (help_, samples) in metrics.items():
         lines += [f"# HELP ollama_fleet_{metric} {help_}", f"# TYPE ollama_fleet_{metric} gauge", *samples]

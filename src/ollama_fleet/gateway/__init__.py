@@ -177,16 +177,21 @@ class Engine(Protocol):
 
     def running(self, prefix: Path) -> int | None: ...
 
-    def stats(self, prefix: Path) -> dict[str, ServerStats] | None:
-        """Per instance, what the gateway knows (queue, in flight, health), or None if it
+    def stats(self, prefix: Path) -> GatewayStats | None:
+        """What the gateway counts (queue, in flight, health per instance), or None if it
         keeps no such count."""
         ...
 
 
 class ServerStats(BaseModel):
     state: str  # UP, DOWN, DRAIN, MAINT, ...
-    queued: int  # requests waiting at the gateway for this instance
+    queued: int  # requests waiting at the gateway for this very instance
     in_flight: int
+
+
+class GatewayStats(BaseModel):
+    queued: int  # requests waiting at the gateway for any free instance
+    servers: dict[str, ServerStats]
 
 
 # ------------------------------------------------------------------ run by `up` and `down`

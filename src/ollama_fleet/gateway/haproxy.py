@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ollama_fleet.errors import BadInput, UserError
-from ollama_fleet.gateway import REDACTED, GatewaySpec, ServerStats, require_tool, run_tool
+from ollama_fleet.gateway import REDACTED, GatewaySpec, GatewayStats, ServerStats, require_tool, run_tool
 from ollama_fleet.render import render
 
 PID_FILE = "haproxy.pid"
@@ -79,7 +79,7 @@ class Haproxy:
         with tempfile.NamedTemporaryFile("w", prefix="ollama-fleet-check-", suffix=".cfg") as fh:
             fh.write(content)
             fh.flush()
-            _run([haproxy, "-c", "-q", "-f", fh.name], "haproxy -c")
+            _run([haproxy, "-c", "-f", fh.name], "haproxy -c")  # no -q: it would silence the [ALERT]s
 
     def start(self, prefix: Path, config: Path) -> int:
         prefix.mkdir(parents=True, exist_ok=True)
@@ -104,17 +104,21 @@ class Haproxy:
         except (OSError, ValueError, IndexError):
             return None
 
-    def stats(self, prefix: Path) -> dict[str, ServerStats] | None:
-        """Per instance: its state, requests queued at the gateway, requests in flight."""
+    def stats(self, prefix: Path) -> GatewayStats | None:
+        """The backend's queue and, per instance, its state and requests in flight."""
         text = runtime_command(prefix / SOCKET, "show stat")
         if text is None:
             return None
-        rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
-        return {
+        rows = [row for row in csv.DictReader(io.StringIO(text.lstrip("# "))) if row.get("pxname") == BACKEND]
+        servers = {
             row["svname"]: ServerStats(state=row["status"], queued=int(row["qcur"] or 0), in_flight=int(row["scur"] or 0))
             for row in rows
-            if row.get("pxname") == BACKEND and row.get("svname") not in ("FRONTEND", "BACKEND")
+            if row["svname"] not in ("FRONTEND", "BACKEND")
         }
+        # Requests not yet given to a server wait in the backend's queue (leastconn picks
+        # the first server with a free slot).
+        queued = sum(int(row["qcur"] or 0) for row in rows if row["svname"] == "BACKEND")
+        return GatewayStats(queued=queued, servers=servers)
 
 
 def runtime_command(sock: Path, command: str, timeout: float = 2.0) -> str | None:

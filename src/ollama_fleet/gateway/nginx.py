@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ollama_fleet.errors import UserError
-from ollama_fleet.gateway import REDACTED, GatewaySpec, ServerStats, require_tool, run_tool
+from ollama_fleet.gateway import REDACTED, GatewaySpec, GatewayStats, require_tool, run_tool
 from ollama_fleet.render import render
 
 PID_FILE = "nginx.pid"
@@ -82,7 +82,7 @@ class Nginx:
         except (OSError, ValueError):
             return None
 
-    def stats(self, prefix: Path) -> dict[str, ServerStats] | None:
+    def stats(self, prefix: Path) -> GatewayStats | None:
         return None  # open-source nginx exposes no per-upstream counts
 
 
