@@ -10,13 +10,8 @@ tokens/s gateway/direct >= 0.97 at concurrency 64.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 INSTANCES = 8
 CONCURRENCY = 64
 REQUESTS = 256
@@ -24,34 +19,22 @@ TOKENS = 40
 
 
 def main() -> int:
-    sys.path.insert(0, str(ROOT))
+    from common import Gateway
+
     from ollama_fleet.bench import run_load
-    from tests.conftest import FAKES, free_port_range, start_instances, stop, wait_answering
+    from tests.conftest import start_instances, stop
 
     base, procs = start_instances(INSTANCES, OLLAMA_NUM_PARALLEL="8", FAKE_OLLAMA_TPS="25")
-    port = free_port_range(1)
-    prefix = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
-    conf = prefix / "nginx.conf"
-    nginx = None
     try:
-        subprocess.run(
-            [sys.executable, "-m", "ollama_fleet", "render-nginx", "--standalone", "--check", "--prefix", str(prefix),
-             "-o", str(conf), "--base-port", str(base), "--listen", f"127.0.0.1:{port}"],
-            check=True, env={**os.environ, "PYTHONPATH": str(FAKES), "FAKE_NVML_GPUS": str(INSTANCES)},
-        )
-        nginx = subprocess.run(["nginx", "-p", str(prefix), "-c", str(conf)], check=True)
-        wait_answering(f"http://127.0.0.1:{port}/api/version")
-        direct_urls = [f"http://127.0.0.1:{base + k}" for k in range(INSTANCES)]
-        gateway_urls = [f"http://127.0.0.1:{port}"]
-        run_load(direct_urls, "qwen3", concurrency=CONCURRENCY, requests=CONCURRENCY, num_predict=5)  # warm up
-        results = {}
-        # Interleave the two, twice, so drift on a shared machine hits both alike.
-        for name, urls in [("direct", direct_urls), ("gateway", gateway_urls)] * 2:
-            r = run_load(urls, "qwen3", concurrency=CONCURRENCY, requests=REQUESTS, num_predict=TOKENS)
-            results.setdefault(name, []).append(r)
+        with Gateway("nginx", base, INSTANCES) as gateway:
+            direct_urls = [f"http://127.0.0.1:{base + k}" for k in range(INSTANCES)]
+            run_load(direct_urls, "qwen3", concurrency=CONCURRENCY, requests=CONCURRENCY, num_predict=5)  # warm up
+            results: dict[str, list] = {}
+            # Interleave the two, twice, so drift on a shared machine hits both alike.
+            for name, urls in [("direct", direct_urls), ("gateway", [gateway.url])] * 2:
+                r = run_load(urls, "qwen3", concurrency=CONCURRENCY, requests=REQUESTS, num_predict=TOKENS)
+                results.setdefault(name, []).append(r)
     finally:
-        if nginx is not None:
-            subprocess.run(["nginx", "-p", str(prefix), "-c", str(conf), "-s", "stop"], capture_output=True)
         stop(procs)
 
     def best(name: str):

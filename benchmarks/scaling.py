@@ -13,11 +13,7 @@ request if that is longer), with the TTFT p50/p99 that show head-of-line blockin
 
 from __future__ import annotations
 
-import os
-import random
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,40 +25,9 @@ BATCH = 96  # heavy-tailed batch
 SEED = 7
 
 
-def pareto_lengths(count: int, seed: int) -> list[int]:
-    """Request lengths in tokens: Pareto(alpha 1.5) from 8 tokens, capped at 400."""
-    rng = random.Random(seed)
-    return [min(400, int(8 * rng.paretovariate(1.5))) for _ in range(count)]
-
-
-class Gateway:
-    """A standalone nginx, rendered by `render-nginx` for the first `count` instances."""
-
-    def __init__(self, base: int, count: int, balance: str) -> None:
-        from tests.conftest import FAKES, free_port_range, wait_answering
-
-        self.prefix = Path(tempfile.mkdtemp(prefix="fleet-scaling-"))
-        self.conf = self.prefix / "nginx.conf"
-        port = free_port_range(1)
-        subprocess.run(
-            [sys.executable, "-m", "ollama_fleet", "render-nginx", "--standalone", "--check", "--prefix",
-             str(self.prefix), "-o", str(self.conf), "--gpus", ",".join(map(str, range(count))),
-             "--base-port", str(base), "--listen", f"127.0.0.1:{port}", "--balance", balance],
-            check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(FAKES), "FAKE_NVML_GPUS": "8"},
-        )
-        subprocess.run(["nginx", "-p", str(self.prefix), "-c", str(self.conf)], check=True)
-        self.url = f"http://127.0.0.1:{port}"
-        wait_answering(self.url + "/api/version")
-
-    def close(self) -> None:
-        import shutil
-
-        subprocess.run(["nginx", "-p", str(self.prefix), "-c", str(self.conf), "-s", "stop"], capture_output=True)
-        shutil.rmtree(self.prefix, ignore_errors=True)
-
-
 def main() -> int:
-    sys.path.insert(0, str(ROOT))
+    from common import Gateway, pareto_lengths
+
     from ollama_fleet.bench import run_load
     from tests.conftest import start_instances, stop
 
@@ -72,20 +37,14 @@ def main() -> int:
     lengths = pareto_lengths(BATCH, SEED)
     try:
         for n in SIZES:
-            gateway = Gateway(base, n, "least_conn")
-            try:
+            with Gateway("nginx", base, n) as gateway:
                 run_load([gateway.url], "qwen3", concurrency=n, requests=n, num_predict=2)  # warm up
                 result = run_load([gateway.url], "qwen3", concurrency=2 * n, requests=PER_INSTANCE * n, num_predict=TOKENS)
                 assert not result.errors, result.errors
                 scaling[n] = result.tokens_per_s
-            finally:
-                gateway.close()
         for balance in ("least_conn", "round_robin"):
-            gateway = Gateway(base, 8, balance)
-            try:
+            with Gateway("nginx", base, 8, "--balance", balance) as gateway:
                 batch[balance] = run_load([gateway.url], "qwen3", concurrency=16, requests=BATCH, num_predict=lengths)
-            finally:
-                gateway.close()
     finally:
         stop(procs)
 
