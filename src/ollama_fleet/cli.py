@@ -24,7 +24,7 @@ from ollama_fleet import __version__, probe, systemd
 from ollama_fleet.config import FleetConfig, checked_path, load_config
 from ollama_fleet.errors import BadInput, FleetError, Missing, UserError
 from ollama_fleet.gpus import Discovery, resolve
-from ollama_fleet.plan import Plan, inspect_models_dir, plan, plan_json
+from ollama_fleet.plan import Plan, inspect_models_dir, loads, plan, plan_json
 from ollama_fleet.render import RenderedFile
 from ollama_fleet.gateway import (
     Engine,
@@ -127,6 +127,7 @@ KeepAliveOpt = Annotated[Optional[str], _opt("--keep-alive", "OLLAMA_KEEP_ALIVE:
 UserOpt = Annotated[Optional[str], _opt("--user", "user instances run as when started by root (default: owner of the models dir)", "NAME")]
 StateDirOpt = Annotated[Optional[str], _opt("--state-dir", "state, logs, gateway files (default: /var/lib/ollama-fleet as root, else $XDG_STATE_HOME/ollama-fleet)", "PATH")]
 EnvOpt = Annotated[Optional[list[str]], _opt("--env", "extra KEY=VALUE for every instance (repeatable)", "KEY=VALUE")]
+ModelsOpt = Annotated[Optional[list[str]], _opt("--models", "place a model on some instances: MODEL=gpu0,gpu1 (repeatable; routing needs --engine haproxy)", "MODEL=INSTANCES")]
 GatewayOpt = Annotated[Optional[bool], typer.Option("--gateway/--no-gateway", help="run the gateway (default: when its engine is installed)", show_default=False)]
 ListenOpt = Annotated[Optional[str], _opt("--listen", "where the gateway listens: [HOST:]PORT, [::]:PORT (default: 0.0.0.0:8080)", "ADDR")]
 AllowOpt = Annotated[Optional[list[str]], _opt("--allow", "client network let through, besides 127.0.0.1 and ::1 (repeatable)", "CIDR")]
@@ -225,6 +226,7 @@ def plan_command(
     keep_alive: KeepAliveOpt = None,
     state_dir: StateDirOpt = None,
     env: EnvOpt = None,
+    models: ModelsOpt = None,
     json_: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -276,6 +278,7 @@ def up_command(
     wait_timeout: WaitTimeoutOpt = None,
     preload: PreloadOpt = None,
     env: EnvOpt = None,
+    models: ModelsOpt = None,
     gateway: GatewayOpt = None,
     engine: EngineOpt = None,
     metrics_port: MetricsPortOpt = None,
@@ -295,7 +298,13 @@ def up_command(
     result = _plan(cfg)
     assert cfg.state_dir is not None
     home = cfg.state_dir
-    new = Desired(instances=result.instances, ollama_bin=resolve_binary(cfg.ollama_bin), user=run_as(cfg, result))
+    previous = read_desired(home)
+    new = Desired(
+        instances=result.instances, ollama_bin=resolve_binary(cfg.ollama_bin), user=run_as(cfg, result),
+        loads=tuple(loads(result, cfg.preload, cfg.keep_alive)), models=result.models,
+        # Restarts asked for earlier are part of each instance's spec: keep them.
+        generations=previous.generations if previous else {},
+    )
     # The gateway's input (keys, TLS files) is read and checked before anything starts.
     gateway_engine, spec = _gateway_plan(cfg, result, explicit=gateway is True or engine is not None)
     if gateway_engine is not None and spec is not None:
@@ -304,7 +313,7 @@ def up_command(
     if running is not None and foreground:
         raise UserError(f"a fleet is already running from {home} (supervisor pid {running.pid}); run `ollama-fleet down` first")
     actual = read_actual(home) if running else None
-    todo = changes(read_desired(home) if running else None, actual, new)
+    todo = changes(previous if running else None, actual, new)
     preflight(result, new, actual)
     for change in todo:
         if change.action in ("restart", "stop"):
@@ -339,7 +348,7 @@ def up_command(
             )
         preloaded = probe.preload(
             {i.name: i.address for i in new.instances if i.name in ready.versions},
-            cfg.preload, cfg.keep_alive, timeout=max(cfg.wait_timeout, 300),
+            list(new.loads), timeout=max(cfg.wait_timeout, 300),
         )
     except _Interrupted as exc:
         assert supervisor is not None
@@ -462,6 +471,7 @@ def render_nginx_command(
     base_port: BasePortOpt = None,
     state_dir: StateDirOpt = None,
     env: EnvOpt = None,
+    models: ModelsOpt = None,
     listen: ListenOpt = None,
     allow: AllowOpt = None,
     api_keys_file: ApiKeysOpt = None,
@@ -490,6 +500,7 @@ def render_haproxy_command(
     base_port: BasePortOpt = None,
     state_dir: StateDirOpt = None,
     env: EnvOpt = None,
+    models: ModelsOpt = None,
     listen: ListenOpt = None,
     allow: AllowOpt = None,
     api_keys_file: ApiKeysOpt = None,
@@ -755,6 +766,7 @@ def install_systemd_command(
     ollama_bin: OllamaBinOpt = None,
     user: Annotated[Optional[str], _opt("--user", "the user instances run as (default: ollama)", "NAME")] = None,
     env: EnvOpt = None,
+    models: ModelsOpt = None,
     gateway: GatewayOpt = None,
     engine: EngineOpt = None,
     metrics_port: MetricsPortOpt = None,

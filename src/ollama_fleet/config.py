@@ -83,6 +83,51 @@ def _model(value: str) -> str:
     return value
 
 
+def normalize_model(name: str) -> str:
+    """`qwen3` is `qwen3:latest` (Ollama's default tag); `host:5000/m` has no tag yet."""
+    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+
+
+_INSTANCE = re.compile(r"gpu\d+(_\d+)*(-mig\d+)?")
+
+
+class Placement(BaseModel):
+    """Where one model lives: the instances that hold it, and how long they keep it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    instances: tuple[str, ...] = Field(min_length=1)
+    keep_alive: Annotated[str, AfterValidator(_keep_alive)] | None = None
+
+    @field_validator("instances", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        value = _split(value)
+        if isinstance(value, (list, tuple)) and not value:
+            raise ValueError("empty: name the instances that hold the model (gpu0, gpu1, ...)")
+        for name in value if isinstance(value, (list, tuple)) else []:
+            if not isinstance(name, str) or not _INSTANCE.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not an instance name like gpu0, gpu0_1 or gpu0-mig1 (ranges are not accepted)"
+                )
+        if isinstance(value, (list, tuple)) and len(set(value)) != len(value):
+            raise ValueError("lists an instance twice")
+        return value
+
+
+def _model_pairs(value: Any) -> Any:
+    """`MODEL=gpu0,gpu1` entries (repeated flags; a variable separates them by spaces) as a
+    table; TOML tables pass through."""
+    if not isinstance(value, (str, list, tuple)):
+        return value
+    result = {}
+    for entry in value.split() if isinstance(value, str) else value:
+        model, sep, names = str(entry).partition("=")
+        if not sep:
+            raise ValueError(f"{entry!r} is not MODEL=INSTANCE[,INSTANCE...]")
+        result[model] = names
+    return result
+
+
 def _env_pairs(value: Any) -> Any:
     """`KEY=VALUE` pairs (flags, comma-separated variable) as a table; tables pass through."""
     if not isinstance(value, (str, list, tuple)):
@@ -191,6 +236,10 @@ class FleetConfig(BaseModel):
     metrics_port: int = Field(
         8405, ge=1, le=65535, description="loopback port of HAProxy's Prometheus exporter (haproxy engine)"
     )
+    models: dict[str, Placement] = Field(
+        {},
+        description="model placement: `MODEL=gpu0,gpu1` (repeatable), TOML `[models]`; unplaced models go to every instance",
+    )
     tls_cert: SafePath | None = Field(None, description="TLS certificate for the gateway (with tls_key)")
     tls_key: SafePath | None = Field(
         None, validate_default=True, description="TLS private key for the gateway (with tls_cert)"
@@ -227,6 +276,21 @@ class FleetConfig(BaseModel):
             if "\n" in val or "\r" in val or "\0" in val:
                 raise ValueError(f"the value of {key} contains a newline or NUL")
         return value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        result: dict[str, Any] = {}
+        for name, where in value.items():
+            _model(str(name))
+            key = normalize_model(str(name))
+            if key in result:
+                raise ValueError(f"{name!r} is named twice ({key!r} and a name without its tag are the same model)")
+            # A list (or "gpu0,gpu1") is the instances; a table may add keep_alive.
+            result[key] = where if isinstance(where, dict) else {"instances": where}
+        return result
 
     @field_validator("user")
     @classmethod
@@ -298,13 +362,13 @@ def load_config(
     def layer(values: Mapping[str, Any], label: Any) -> None:
         for key, value in values.items():
             source = label(key) if callable(label) else label
-            if key == "env":
+            if key in ("env", "models"):
                 try:
-                    value = _env_pairs(value)
+                    value = _env_pairs(value) if key == "env" else _model_pairs(value)
                 except ValueError as exc:
-                    raise BadInput(f"env: {exc} [from {source}]") from None
-                if isinstance(merged.get("env"), dict) and isinstance(value, dict):
-                    value = {**merged["env"], **value}  # env tables add up: a later layer wins per key
+                    raise BadInput(f"{key}: {exc} [from {source}]") from None
+                if isinstance(merged.get(key), dict) and isinstance(value, dict):
+                    value = {**merged[key], **value}  # tables add up: a later layer wins per key
             merged[key] = value
             origin[key] = source
 

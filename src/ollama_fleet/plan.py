@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ollama_fleet.config import FleetConfig
+from ollama_fleet.config import FleetConfig, Placement, normalize_model
 from ollama_fleet.errors import BadInput
 from ollama_fleet.gpus import Discovery, Gpu
 
@@ -64,6 +64,13 @@ class Plan(BaseModel):
     unused_gpus: tuple[GpuRef, ...]
     models_dir: ModelsDir
     pinned_by: Literal["uuid", "index"]
+    # model ("qwen3:latest") -> where it lives; a model not here may go to any instance
+    models: dict[str, Placement] = {}
+
+    def holders(self, model: str) -> tuple[str, ...]:
+        """The instances a model should be on: its placement, else every instance."""
+        placed = self.models.get(normalize_model(model))
+        return placed.instances if placed else tuple(i.name for i in self.instances)
 
 
 def inspect_models_dir(config: FleetConfig, home: Path | None = None) -> ModelsDir:
@@ -138,13 +145,35 @@ def plan(config: FleetConfig, discovery: Discovery, models_dir: ModelsDir) -> Pl
                 log=config.state_dir / "logs" / f"{name}.log",
             )
         )
+    names = [i.name for i in instances]
+    problems = [
+        f"models.{model}: no instance {name!r} in the plan (instances: {', '.join(names)})"
+        for model, placed in config.models.items()
+        for name in placed.instances
+        if name not in names
+    ]
+    if problems:
+        raise BadInput(problems)
     used = len(groups) * size
     return Plan(
+        models=config.models,
         instances=tuple(instances),
         unused_gpus=tuple(GpuRef(index=g.index, uuid=g.uuid, mig=g.mig) for g in gpus[used:]),
         models_dir=models_dir,
         pinned_by=discovery.pinned_by,
     )
+
+
+def loads(result: Plan, preload: tuple[str, ...], keep_alive: str) -> list[tuple[str, str, str]]:
+    """What `up` loads after start, as (instance, model, keep_alive): every placed model on its
+    own instances with its own keep-alive, and each --preload model where it belongs."""
+    models = list(dict.fromkeys([*result.models, *(normalize_model(m) for m in preload)]))
+    jobs = []
+    for model in models:
+        placed = result.models.get(model)
+        keep = placed.keep_alive if placed and placed.keep_alive else keep_alive
+        jobs += [(name, model, keep) for name in result.holders(model)]
+    return jobs
 
 
 def plan_json(result: Plan) -> dict:

@@ -86,17 +86,18 @@ async def _preload(client: httpx.AsyncClient, address: str, model: str, keep_ali
 
 
 def preload(
-    addresses: dict[str, str], models: tuple[str, ...], keep_alive: str, timeout: float
+    addresses: dict[str, str], jobs: list[tuple[str, str, str]], timeout: float
 ) -> dict[tuple[str, str], str | None]:
-    """Load each model on every instance in parallel: {(instance, model): error or None}."""
+    """Load models in parallel, each (instance, model, keep_alive) job on its instance (of
+    those in `addresses`): {(instance, model): error or None}."""
 
     async def run() -> dict[tuple[str, str], str | None]:
-        pairs = [(name, model) for name in addresses for model in models]
+        todo = [(n, m, k) for n, m, k in jobs if n in addresses]
         async with _client(timeout) as client:
-            errors = await asyncio.gather(*(_preload(client, addresses[n], m, keep_alive) for n, m in pairs))
-        return dict(zip(pairs, errors))
+            errors = await asyncio.gather(*(_preload(client, addresses[n], m, k) for n, m, k in todo))
+        return {(n, m): e for (n, m, _), e in zip(todo, errors)}
 
-    return asyncio.run(run()) if models and addresses else {}
+    return asyncio.run(run()) if jobs and addresses else {}
 
 
 def gateway_answers(url: str, timeout: float) -> bool:

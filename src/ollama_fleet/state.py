@@ -16,6 +16,7 @@ import psutil
 from pydantic import BaseModel, ValidationError
 
 from ollama_fleet.errors import UserError
+from ollama_fleet.config import Placement
 from ollama_fleet.plan import Instance
 
 DESIRED = "fleet.json"  # written by `up`
@@ -66,10 +67,18 @@ class Desired(BaseModel):
     instances: tuple[Instance, ...]
     ollama_bin: str  # absolute
     user: str | None  # run instances as this user (only when the supervisor is root)
+    # What to load after a (re)start, as (instance, model, keep_alive), and where models live.
+    loads: tuple[tuple[str, str, str], ...] = ()
+    models: dict[str, Placement] = {}
+    # Bumped by `restart`: a new generation is a changed spec, which the supervisor restarts.
+    generations: dict[str, int] = {}
 
     def spec(self, instance: Instance) -> str:
         """Everything that, when it changes, means the instance must be restarted."""
-        text = json.dumps([instance.model_dump(mode="json"), self.ollama_bin, self.user], sort_keys=True)
+        parts: list[Any] = [instance.model_dump(mode="json"), self.ollama_bin, self.user]
+        if self.generations.get(instance.name):
+            parts.append(self.generations[instance.name])
+        text = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -35,6 +35,15 @@ class Backend(BaseModel):
     slots: int = 1  # the instance's OLLAMA_NUM_PARALLEL: requests it serves at once
 
 
+class ModelRoute(BaseModel):
+    """A placed model: the names a request may give it, and the instances that serve it."""
+
+    model_config = ConfigDict(frozen=True)
+    model: str  # "qwen3:latest"
+    names: tuple[str, ...]  # ("qwen3", "qwen3:latest"): both mean it
+    instances: tuple[Backend, ...]
+
+
 class Tls(BaseModel):
     model_config = ConfigDict(frozen=True)
     cert: Path
@@ -52,6 +61,7 @@ class GatewaySpec(BaseModel):
     max_body_size: str
     tls: Tls | None
     metrics_port: int = 8405
+    models: tuple[ModelRoute, ...] = ()
 
     def redacted(self) -> GatewaySpec:
         return self.model_copy(update={"api_keys": tuple(REDACTED for _ in self.api_keys)})
@@ -94,8 +104,18 @@ def spec_from(config: FleetConfig, plan: Plan) -> GatewaySpec:
             if not path.is_file():
                 raise BadInput(f"{field}: {path} does not exist")
         tls = Tls(cert=config.tls_cert.absolute(), key=config.tls_key.absolute())
+    backends = {i.name: Backend(name=i.name, address=i.address, slots=_slots(i.env)) for i in plan.instances}
+    routes = tuple(
+        ModelRoute(
+            model=model,
+            names=(model.removesuffix(":latest"), model) if model.endswith(":latest") else (model,),
+            instances=tuple(backends[name] for name in placed.instances),
+        )
+        for model, placed in plan.models.items()
+    )
     return GatewaySpec(
-        instances=tuple(Backend(name=i.name, address=i.address, slots=_slots(i.env)) for i in plan.instances),
+        instances=tuple(backends.values()),
+        models=routes,
         listen=config.listen,
         allow=tuple(str(net) for net in config.allow),
         api_keys=read_api_keys(config.api_keys_file) if config.api_keys_file else (),

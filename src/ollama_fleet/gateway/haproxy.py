@@ -22,6 +22,9 @@ PID_FILE = "haproxy.pid"
 SOCKET = "admin.sock"
 SOCKET_MAX = 100  # sun_path holds 108 bytes; leave room
 BACKEND = "ollama_fleet"
+# The requests whose JSON body names a model: the ones placement routes.
+MODEL_PATHS = ("/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/show",
+               "/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 
 
@@ -65,6 +68,8 @@ class Haproxy:
             max_body_bytes=body_bytes(spec.max_body_size),
             tls=spec.tls,
             metrics_port=spec.metrics_port,
+            models=spec.models,
+            model_paths=MODEL_PATHS,
             prefix=prefix,
             user=user[0] if user else None,
             group=user[1] if user else None,

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ollama_fleet.errors import UserError
+from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import REDACTED, GatewaySpec, GatewayStats, require_tool, run_tool
 from ollama_fleet.render import render
 
@@ -26,6 +26,11 @@ class Nginx:
     def render(
         self, spec: GatewaySpec, *, standalone: bool, prefix: Path, user: tuple[str, str] | None = None
     ) -> str:
+        if spec.models:
+            raise BadInput(
+                "models: routing by model needs the request body's `model`, which only the HAProxy engine reads; "
+                "add --engine haproxy (or remove the placement)"
+            )
         snippet = render("nginx/fleet.conf.j2", **_context(spec))
         if not standalone:
             return snippet
