@@ -65,7 +65,7 @@ def test_plan_json_schema(nvml, models_dir: Path, tmp_path: Path) -> None:
     result = run("plan", "--gpus", "0,1,2,3", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert set(data) == {"schema", "models_dir", "instances", "unused_gpus", "pinned_by"}
+    assert set(data) == {"schema", "models_dir", "instances", "unused_gpus", "pinned_by", "models"}
     assert data["schema"] == 1
     assert data["models_dir"]["path"] == str(models_dir)
     assert data["models_dir"]["exists"] is True
@@ -75,6 +75,9 @@ def test_plan_json_schema(nvml, models_dir: Path, tmp_path: Path) -> None:
     assert first["gpus"] == [{"index": 0, "uuid": "GPU-00000000-1111-2222-3333-444444444444", "mig": None}]
     assert first["env"]["OLLAMA_HOST"] == "127.0.0.1:11534"
     assert first["log"] == str(tmp_path / "state" / "logs" / "gpu0.log")
+    assert data["models"] == {}
+    placed = json.loads(run("plan", "--gpus", "0,1", "--json", "--models", "qwen3=gpu1").stdout)
+    assert placed["models"] == {"qwen3:latest": {"instances": ["gpu1"], "keep_alive": None}}
 
 
 def test_plan_env_is_what_the_fleet_sets_never_the_callers(nvml, models_dir: Path, monkeypatch) -> None:

@@ -161,7 +161,7 @@ def test_preload_loads_each_model_on_every_instance(fleet) -> None:
 def test_preload_of_a_missing_model_names_instance_and_model(fleet) -> None:
     result = fleet.run("up", "--preload", "nope")
     assert result.returncode == 1
-    assert "preload of nope on gpu0 failed: model 'nope' not found" in result.stderr
+    assert "preload of nope:latest on gpu0 failed: model 'nope:latest' not found" in result.stderr
     assert "preload of nope on gpu1 failed" in result.stderr
 
 
