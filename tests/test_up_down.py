@@ -162,7 +162,7 @@ def test_preload_of_a_missing_model_names_instance_and_model(fleet) -> None:
     result = fleet.run("up", "--preload", "nope")
     assert result.returncode == 1
     assert "preload of nope:latest on gpu0 failed: model 'nope:latest' not found" in result.stderr
-    assert "preload of nope on gpu1 failed" in result.stderr
+    assert "preload of nope:latest on gpu1 failed" in result.stderr
 
 
 def test_background_supervisor_restarts_a_killed_instance(fleet) -> None:
