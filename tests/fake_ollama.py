@@ -126,7 +126,8 @@ class Engine:
             result = []
             for model, expiry in self.loaded.items():
                 left = expiry - time.monotonic()
-                expires = datetime.now(timezone.utc) + timedelta(seconds=min(left, 10**8))
+                # Kept forever (keep_alive < 0): Ollama reports a date some 290 years away.
+                expires = datetime.now(timezone.utc) + (timedelta(days=290 * 365) if left == float("inf") else timedelta(seconds=left))
                 result.append(
                     {"name": model, "model": model, "size": 5_000_000_000, "size_vram": 5_000_000_000,
                      "digest": "f" * 64, "details": details(), "expires_at": expires.isoformat()}

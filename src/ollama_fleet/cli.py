@@ -21,7 +21,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from ollama_fleet import __version__, probe, systemd
-from ollama_fleet.config import FleetConfig, checked_path, load_config
+from ollama_fleet.config import FleetConfig, checked_path, load_config, normalize_model
 from ollama_fleet.errors import BadInput, FleetError, Missing, UserError
 from ollama_fleet.gpus import Discovery, resolve
 from ollama_fleet.plan import Plan, inspect_models_dir, loads, plan, plan_json
@@ -612,7 +612,7 @@ def _status_view(report: Any) -> Group:
     columns = ["instance", "GPUs", Column("address", no_wrap=True), "pid", "uptime", "restarts", "health", "version"]
     instances = Table(*columns, *(["gateway"] if queues else []),
                       title=f"instances (started by {report.source})", title_justify="left")
-    models = Table("instance", "model", "VRAM", "unloads in", title="loaded models", title_justify="left")
+    models = Table("instance", "model", "VRAM", "unloads in", "placement", title="models", title_justify="left")
     for i in report.instances:
         health = Text(f"ok {i.latency_ms:.0f} ms", style="green") if i.healthy else Text(f"DOWN: {i.error}", style="bold red")
         instances.add_row(
@@ -623,7 +623,13 @@ def _status_view(report: Any) -> Group:
         )
         for m in i.models:
             left = expires_in(m.expires_at)
-            models.add_row(i.name, m.name, _size(m.size_vram), "never" if left is None else _duration(left))
+            stray = normalize_model(m.name) in i.stray
+            models.add_row(
+                i.name, m.name, _size(m.size_vram), "never" if left is None else _duration(left),
+                Text("stray: placed elsewhere", style="bold yellow") if stray else ("placed" if i.placed else ""),
+            )
+        for name in i.missing:
+            models.add_row(i.name, name, "-", "-", Text("missing: placed here, not loaded", style="bold yellow"))
     gw = report.gateway
     if gw.engine is None:
         gateway = Text(f"gateway: none ({gw.reason})")
@@ -815,6 +821,7 @@ def install_systemd_command(
     report = systemd.install(
         files, result.instances, gw.manifest if gw else None, root=base, dry_run=dry_run, systemctl=systemctl,
         redact=gateway_engine.redact if gateway_engine else str, reloads=gw.reloads if gw else None,
+        models=result.models,
     )
     if dry_run:
         print(report.diff, end="")

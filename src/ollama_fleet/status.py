@@ -16,6 +16,7 @@ import psutil
 from pydantic import BaseModel, Field, computed_field
 
 from ollama_fleet import probe, systemd
+from ollama_fleet.config import Placement, normalize_model
 from ollama_fleet.errors import UserError
 from ollama_fleet.gateway import ServerStats, engine_named
 from ollama_fleet.gpus import Gpu, NvmlUnavailable, discover
@@ -45,6 +46,11 @@ class InstanceStatus(BaseModel):
     models: list[LoadedModel] = []
     # What the gateway itself knows of this instance (HAProxy): UP/DOWN/DRAIN, queued, in flight.
     gateway: ServerStats | None = None
+    # Placement: the models this instance should hold, those of them it does not hold now,
+    # and those it holds although they are placed elsewhere.
+    placed: list[str] = []
+    missing: list[str] = []
+    stray: list[str] = []
 
 
 class GatewayStatus(BaseModel):
@@ -94,7 +100,16 @@ class _Member(BaseModel):
     restarts: int | None = None
 
 
-def _from_up(state_dir: Path) -> tuple[list[_Member], GatewayStatus] | None:
+def _placement(models: dict[str, Placement]) -> dict[str, list[str]]:
+    """instance -> the models placed on it."""
+    placed: dict[str, list[str]] = {}
+    for model, where in models.items():
+        for name in where.instances:
+            placed.setdefault(name, []).append(model)
+    return placed
+
+
+def _from_up(state_dir: Path) -> tuple[list[_Member], GatewayStatus, dict[str, Placement]] | None:
     desired = read_desired(state_dir)
     if desired is None:
         return None
@@ -118,7 +133,7 @@ def _from_up(state_dir: Path) -> tuple[list[_Member], GatewayStatus] | None:
         gateway = GatewayStatus(
             engine=gw.engine, listen=gw.listen, url=gw.url, pid=live.pid if live else None, prefix=gw.prefix
         )
-    return members, gateway
+    return members, gateway, desired.models
 
 
 def _listener(port: int) -> psutil.Process | None:
@@ -132,7 +147,7 @@ def _listener(port: int) -> psutil.Process | None:
     return None
 
 
-def _from_systemd(root: Path) -> tuple[list[_Member], GatewayStatus] | None:
+def _from_systemd(root: Path) -> tuple[list[_Member], GatewayStatus, dict[str, Placement]] | None:
     manifest = systemd.read_manifest(root)
     if manifest is None:
         return None
@@ -148,7 +163,7 @@ def _from_systemd(root: Path) -> tuple[list[_Member], GatewayStatus] | None:
         GatewayStatus(engine=gw.engine, listen=gw.listen, url=gw.url, prefix=gw.prefix)
         if gw else GatewayStatus(engine=None, reason="not installed")
     )
-    return members, gateway
+    return members, gateway, manifest.models
 
 
 def _gpus() -> tuple[list[Gpu], NvmlStatus]:
@@ -169,7 +184,8 @@ def gather(state_dir: Path, timeout: float, system_root: Path = Path("/")) -> St
             f"no fleet here: nothing started by `up` in {state_dir}, and no install-systemd manifest"
             f" ({systemd.MANIFEST}); start one with `ollama-fleet up`"
         )
-    members, gateway = found
+    members, gateway, models = found
+    placed = _placement(models)
     gpus, nvml = _gpus()
     facts, gateway_error = probe.gather_facts([m.address for m in members], gateway.url, timeout)
     counts = engine_named(gateway.engine).stats(gateway.prefix) if gateway.engine and gateway.prefix else None
@@ -186,7 +202,13 @@ def gather(state_dir: Path, timeout: float, system_root: Path = Path("/")) -> St
             version=f.version, error=f.error if f.version is None else None,
             models=[_model(raw) for raw in f.models],
             gateway=servers.get(m.name),
+            placed=placed.get(m.name, []),
         ))
+        inst = instances[-1]
+        if inst.healthy:
+            held = {normalize_model(x.name) for x in inst.models}
+            inst.missing = [x for x in inst.placed if x not in held]
+            inst.stray = sorted(x for x in held if x in models and x not in inst.placed)
     if gateway.engine is not None:
         gateway.up = gateway_error is None
         gateway.error = gateway_error
@@ -254,6 +276,10 @@ def prometheus(report: StatusReport) -> str:
                None if i.latency_ms is None else i.latency_ms / 1000, **labels)
         sample("instance_uptime_seconds", "seconds since the instance process started", i.uptime_s, **labels)
         sample("instance_models_loaded", "models the instance holds (GET /api/ps)", len(i.models), **labels)
+        if i.healthy and i.placed:
+            sample("instance_models_missing", "models placed on the instance that it does not hold", len(i.missing), **labels)
+        if i.healthy:
+            sample("instance_models_stray", "models the instance holds that are placed elsewhere", len(i.stray), **labels)
         if i.gateway is not None:
             sample("instance_queued", "requests waiting at the gateway for this instance (HAProxy)",
                    i.gateway.queued, **labels)

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 from pydantic import BaseModel
 
+from ollama_fleet.config import Placement
 from ollama_fleet.errors import Missing, UserError
 from ollama_fleet.gateway import Engine, GatewaySpec, require_tool, secret_mode
 from ollama_fleet.plan import GpuRef, Instance
@@ -157,6 +158,7 @@ class Manifest(BaseModel):
     files: dict[str, str]
     instances: tuple[Member, ...]
     gateway: ManifestGateway | None = None
+    models: dict[str, Placement] = {}  # where each placed model lives
 
 
 def on_root(root: Path, path: Path | PurePosixPath) -> Path:
@@ -248,6 +250,7 @@ def install(
     systemctl: Systemctl | None = None,
     redact: Callable[[str], str] = str,
     reloads: dict[str, tuple[str, ...]] | None = None,
+    models: dict[str, Placement] | None = None,
 ) -> InstallReport:
     """Write what changed (atomically), remove what the last install wrote and this one does
     not, then (with a systemctl) reload systemd and restart only what changed."""
@@ -289,6 +292,7 @@ def install(
         files={str(f.path): _digest(f.content) for f in files},
         instances=tuple(Member(name=i.name, host=i.host, port=i.port, gpus=i.gpus) for i in instances),
         gateway=gateway,
+        models=models or {},
     ).model_dump_json(indent=2)
     if _current(on_root(root, MANIFEST)) != (manifest, 0o644):
         write_atomic(on_root(root, MANIFEST), manifest)
