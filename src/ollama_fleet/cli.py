@@ -665,6 +665,30 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds}s"
 
 
+@command("restart")
+def restart_command(
+    instances: Annotated[Optional[list[str]], typer.Argument(help="instances to restart (default: all)", metavar="[INSTANCE]...")] = None,
+    *,
+    rolling: Annotated[bool, typer.Option("--rolling", help="one at a time, drained through the gateway first: no stream is cut")] = False,
+    drain_timeout: Annotated[float, typer.Option("--drain-timeout", help="seconds to wait for an instance's requests to finish", min=0)] = 600.0,
+    wait_timeout: Annotated[float, typer.Option("--wait-timeout", help="seconds to wait for a restarted instance to answer", min=1)] = 60.0,
+    state_dir: StateDirOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Restart instances; --rolling drains each through the gateway first so no stream is cut."""
+    from ollama_fleet.restart import fleet_at, restart
+
+    cfg = _config(None, verbose, state_dir=state_dir)
+    assert cfg.state_dir is not None
+    outcome = restart(
+        fleet_at(cfg.state_dir), instances or [], rolling=rolling, drain_timeout=drain_timeout,
+        wait_timeout=wait_timeout, say=lambda line: out.print(line, soft_wrap=True),
+    )
+    out.print(f"restarted: {', '.join(outcome.restarted) or 'none'}")
+    if outcome.problems:
+        raise UserError("\n".join(outcome.problems))
+
+
 class BenchApi(str, Enum):
     generate = "generate"
     chat = "chat"

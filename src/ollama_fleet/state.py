@@ -126,8 +126,8 @@ def read_actual(state_dir: Path) -> Actual | None:
     return _read(state_dir / ACTUAL, Actual)
 
 
-def write_model(path: Path, value: BaseModel) -> None:
-    write_atomic(path, value.model_dump_json(indent=2))
+def write_model(path: Path, value: BaseModel, mode: int = 0o644) -> None:
+    write_atomic(path, value.model_dump_json(indent=2), mode)
 
 
 GATEWAY = "gateway.json"  # written by `up`
@@ -143,6 +143,10 @@ class GatewayState(BaseModel):
     config: Path | None = None
     url: str | None = None
     listen: str | None = None
+    # What it was rendered from (a GatewaySpec, API keys included: this file is then 0640)
+    # and for whom, so `restart --rolling` can re-render it with an instance drained.
+    spec: dict[str, Any] | None = None
+    worker: tuple[str, str] | None = None
 
 
 def read_gateway(state_dir: Path) -> GatewayState | None:

@@ -96,14 +96,14 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Proce
     deadline = time.monotonic() + timeout
     alive = list(procs)
     while alive:
-        alive = [proc for proc in alive if _alive(proc)]
+        alive = [proc for proc in alive if is_alive(proc)]
         if not alive or time.monotonic() >= deadline:
             break
         time.sleep(0.02)
     return alive
 
 
-def _alive(proc: psutil.Process) -> bool:
+def is_alive(proc: psutil.Process) -> bool:
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:

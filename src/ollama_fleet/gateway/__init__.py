@@ -62,6 +62,7 @@ class GatewaySpec(BaseModel):
     tls: Tls | None
     metrics_port: int = 8405
     models: tuple[ModelRoute, ...] = ()
+    drained: tuple[str, ...] = ()  # instances sent no new request (a rolling restart)
 
     def redacted(self) -> GatewaySpec:
         return self.model_copy(update={"api_keys": tuple(REDACTED for _ in self.api_keys)})
@@ -202,6 +203,15 @@ class Engine(Protocol):
         keeps no such count."""
         ...
 
+    def drain(self, state_dir: Path, name: str, timeout: float) -> int:
+        """Send `name` no new request, then wait (up to `timeout`) until what it serves is
+        done. Returns how many requests (nginx: old workers) were still busy at the timeout."""
+        ...
+
+    def undrain(self, state_dir: Path, name: str, timeout: float) -> None:
+        """Send `name` requests again, once the gateway sees it healthy."""
+        ...
+
 
 class ServerStats(BaseModel):
     state: str  # UP, DOWN, DRAIN, MAINT, ...
@@ -282,8 +292,22 @@ def converge(engine: Engine, spec: GatewaySpec, state_dir: Path, user: tuple[str
         record = ProcessRecord.of(engine.start(prefix, config))
         action = "started"
     state = GatewayState(
-        engine=engine.name, process=record, prefix=prefix, config=config, url=spec.probe_url, listen=str(spec.listen)
+        engine=engine.name, process=record, prefix=prefix, config=config, url=spec.probe_url, listen=str(spec.listen),
+        spec=spec.model_dump(mode="json"), worker=user,
     )
-    write_model(state_dir / GATEWAY, state)
+    write_model(state_dir / GATEWAY, state, secret_mode(spec))
     return action, state
+
+
+def redrain(engine: Engine, state_dir: Path, state: GatewayState, drained: tuple[str, ...]) -> GatewayState:
+    """Re-render the running gateway's config with `drained` instances, check it, reload."""
+    assert state.spec is not None and state.prefix is not None and state.config is not None
+    spec = GatewaySpec.model_validate(state.spec).model_copy(update={"drained": drained})
+    content = engine.render(spec, standalone=True, prefix=state.prefix, user=state.worker)
+    engine.check(content, standalone=True, prefix=state.prefix)
+    write_atomic(state.config, content, secret_mode(spec))
+    engine.reload(state.prefix, state.config)
+    state = state.model_copy(update={"spec": spec.model_dump(mode="json")})
+    write_model(state_dir / GATEWAY, state, secret_mode(spec))
+    return state
 

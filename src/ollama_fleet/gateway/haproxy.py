@@ -12,11 +12,13 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import REDACTED, GatewaySpec, GatewayStats, ServerStats, require_tool, run_tool
 from ollama_fleet.render import render
+from ollama_fleet.state import read_gateway
 
 PID_FILE = "haproxy.pid"
 SOCKET = "admin.sock"
@@ -111,10 +113,10 @@ class Haproxy:
 
     def stats(self, prefix: Path) -> GatewayStats | None:
         """The backend's queue and, per instance, its state and requests in flight."""
-        text = runtime_command(prefix / SOCKET, "show stat")
-        if text is None:
+        try:
+            rows = [row for row in _stat_rows(prefix / SOCKET) if row.get("pxname") == BACKEND]
+        except UserError:
             return None
-        rows = [row for row in csv.DictReader(io.StringIO(text.lstrip("# "))) if row.get("pxname") == BACKEND]
         servers = {
             row["svname"]: ServerStats(state=row["status"], queued=int(row["qcur"] or 0), in_flight=int(row["scur"] or 0))
             for row in rows
@@ -124,6 +126,61 @@ class Haproxy:
         # the first server with a free slot).
         queued = sum(int(row["qcur"] or 0) for row in rows if row["svname"] == "BACKEND")
         return GatewayStats(queued=queued, servers=servers)
+
+
+    def drain(self, state_dir: Path, name: str, timeout: float) -> int:
+        """`set server <backend>/<name> state drain` in every backend that has it: no new
+        request, the ones it serves go on. Wait until none is left (in flight or queued)."""
+        sock = _socket(state_dir)
+        for backend in _rows_of(sock, name):
+            _set(sock, f"set server {backend}/{name} state drain")
+        deadline = time.monotonic() + timeout
+        while (busy := _busy(sock, name)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return busy
+
+    def undrain(self, state_dir: Path, name: str, timeout: float) -> None:
+        """Back to `ready`; wait until its health check has it UP in every backend."""
+        sock = _socket(state_dir)
+        for backend in _rows_of(sock, name):
+            _set(sock, f"set server {backend}/{name} state ready")
+        deadline = time.monotonic() + timeout
+        while any(status != "UP" for status in _rows_of(sock, name).values()):
+            if time.monotonic() > deadline:
+                raise UserError(f"{name} is not UP at the gateway {timeout:g}s after its restart")
+            time.sleep(0.05)
+
+
+def _socket(state_dir: Path) -> Path:
+    """The admin socket: in `state_dir` itself (a systemd gateway's /run/ollama-fleet), else
+    under the prefix `up` recorded in the state dir."""
+    if (state_dir / SOCKET).exists():
+        return state_dir / SOCKET
+    state = read_gateway(state_dir)
+    prefix = state.prefix if state and state.prefix else state_dir / "gateway"
+    return prefix / SOCKET
+
+
+def _stat_rows(sock: Path) -> list[dict[str, str]]:
+    text = runtime_command(sock, "show stat")
+    if text is None:
+        raise UserError(f"HAProxy's runtime API does not answer on {sock}")
+    return list(csv.DictReader(io.StringIO(text.lstrip("# "))))
+
+
+def _rows_of(sock: Path, name: str) -> dict[str, str]:
+    """backend -> the server's status, for every backend that has this server."""
+    return {row["pxname"]: row["status"] for row in _stat_rows(sock) if row.get("svname") == name}
+
+
+def _busy(sock: Path, name: str) -> int:
+    return sum(int(row["scur"] or 0) + int(row["qcur"] or 0) for row in _stat_rows(sock) if row.get("svname") == name)
+
+
+def _set(sock: Path, command: str) -> None:
+    answer = runtime_command(sock, command)
+    if answer is None or answer.strip():  # HAProxy answers a good `set server` with nothing
+        raise UserError(f"HAProxy refused `{command}`: {(answer or 'no answer').strip()}")
 
 
 def runtime_command(sock: Path, command: str, timeout: float = 2.0) -> str | None:

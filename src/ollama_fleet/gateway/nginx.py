@@ -6,11 +6,14 @@ from __future__ import annotations
 import re
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from ollama_fleet.errors import BadInput, UserError
-from ollama_fleet.gateway import REDACTED, GatewaySpec, GatewayStats, require_tool, run_tool
+from ollama_fleet.gateway import REDACTED, GatewaySpec, GatewayStats, redrain, require_tool, run_tool
 from ollama_fleet.render import render
+from ollama_fleet.state import GatewayState, read_gateway
+from ollama_fleet.supervisor import is_alive
 
 PID_FILE = "nginx.pid"
 
@@ -90,6 +93,33 @@ class Nginx:
     def stats(self, prefix: Path) -> GatewayStats | None:
         return None  # open-source nginx exposes no per-upstream counts
 
+    def drain(self, state_dir: Path, name: str, timeout: float) -> int:
+        """Re-render with the server `down` and reload: new workers never send it a request;
+        the old ones finish theirs and exit. Wait for them (nginx counts no requests)."""
+        state = _running_state(state_dir)
+        master = state.process.process() if state.process else None
+        old = master.children() if master else []
+        redrain(self, state_dir, state, tuple(dict.fromkeys([*_spec(state).drained, name])))
+        deadline = time.monotonic() + timeout
+        while (busy := [w for w in old if is_alive(w)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(busy)
+
+    def undrain(self, state_dir: Path, name: str, timeout: float) -> None:
+        state = _running_state(state_dir)
+        redrain(self, state_dir, state, tuple(n for n in _spec(state).drained if n != name))
+
+
+def _running_state(state_dir: Path) -> GatewayState:
+    state = read_gateway(state_dir)
+    if state is None or state.spec is None:
+        raise UserError(f"no gateway state in {state_dir}: run `ollama-fleet up` again first")
+    return state
+
+
+def _spec(state: GatewayState) -> GatewaySpec:
+    return GatewaySpec.model_validate(state.spec)
+
 
 def prepare(prefix: Path) -> None:
     for sub in ("logs", "temp"):
@@ -106,4 +136,5 @@ def _context(spec: GatewaySpec) -> dict:
         "read_timeout": spec.read_timeout,
         "max_body_size": spec.max_body_size,
         "tls": spec.tls,
+        "drained": spec.drained,
     }
