@@ -291,6 +291,7 @@ def up_command(
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     foreground: Annotated[bool, typer.Option("--foreground", help="stay attached: prefix instance output, Ctrl-C stops all")] = False,
+    rolling: Annotated[bool, typer.Option("--rolling", help="apply plan changes one instance at a time, each drained through the gateway first")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Start one pinned `ollama serve` per GPU (or group), wait until each answers, supervise them."""
@@ -315,11 +316,15 @@ def up_command(
     actual = read_actual(home) if running else None
     todo = changes(previous if running else None, actual, new)
     preflight(result, new, actual)
+    held = tuple(c.name for c in todo if c.action == "restart") if rolling else ()
+    if held and (gateway_engine is None or foreground):
+        raise UserError("up --rolling drains each changed instance through the gateway: it needs the gateway and a detached fleet")
     for change in todo:
         if change.action in ("restart", "stop"):
             verb = "restarting" if change.action == "restart" else "stopping"
+            verb = "rolling restart" if change.name in held else verb
             out.print(f"{change.name}: {verb} ({change.why})", soft_wrap=True)
-    write_model(home / DESIRED, new)
+    write_model(home / DESIRED, new.model_copy(update={"hold": held}))
 
     supervisor: Supervisor | None = None
     if foreground:
@@ -343,7 +348,8 @@ def up_command(
     try:
         with err.status(f"waiting for {len(new.instances)} instance(s) to answer") as status:
             ready = wait_ready(
-                home, new, cfg.wait_timeout, tick,
+                home, new.model_copy(update={"instances": tuple(i for i in new.instances if i.name not in held)}),
+                cfg.wait_timeout, tick,
                 lambda n, total: status.update(f"waiting for instances: {n}/{total} answer"),
             )
         preloaded = probe.preload(
@@ -355,7 +361,7 @@ def up_command(
         supervisor.stop_all()
         raise typer.Exit(128 + exc.signum) from None
 
-    _print_up(new, todo, ready, read_actual(home))
+    _print_up(new, [Change(c.name, "roll", c.why) if c.name in held else c for c in todo], ready, read_actual(home))
     problems = []
     if gateway_engine is not None and spec is not None:
         try:
@@ -367,6 +373,12 @@ def up_command(
             problems.append(str(exc))
     else:
         write_model(home / GATEWAY, GatewayState(engine=None, reason="disabled" if not cfg.gateway else f"{cfg.engine} not installed"))
+    if held and not problems:
+        from ollama_fleet.restart import UpFleet, restart
+
+        outcome = restart(UpFleet(home), list(held), rolling=True, drain_timeout=cfg.read_timeout,
+                          wait_timeout=cfg.wait_timeout, say=lambda line: out.print(line, soft_wrap=True))
+        problems += outcome.problems
     problems += list(ready.failed.values()) + [
         f"preload of {model} on {name} failed: {error}" for (name, model), error in preloaded.items() if error
     ]
@@ -420,7 +432,7 @@ def _echo(name: str, line: str) -> None:
 
 def _print_up(new: Desired, todo: list[Change], ready: Readiness, actual: Actual | None) -> None:
     action = {c.name: c.action for c in todo}
-    label = {"start": "started", "keep": "unchanged", "restart": "restarted"}
+    label = {"start": "started", "keep": "unchanged", "restart": "restarted", "roll": "rolling"}
     table = Table("instance", "GPUs", "address", "pid", "state", "version")
     states = actual.instances if actual else {}
     for inst in new.instances:

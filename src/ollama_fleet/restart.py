@@ -72,8 +72,12 @@ class UpFleet(Fleet):
 
     def restart(self, names: list[str], timeout: float) -> list[str]:
         desired = read_desired(self.home) or self.desired
-        generations = {**desired.generations, **{n: desired.generations.get(n, 0) + 1 for n in names}}
-        self.desired = desired.model_copy(update={"generations": generations})
+        if any(n in desired.hold for n in names):
+            # `up --rolling`: releasing the hold lets the supervisor apply the new plan.
+            self.desired = desired.model_copy(update={"hold": tuple(n for n in desired.hold if n not in names)})
+        else:
+            generations = {**desired.generations, **{n: desired.generations.get(n, 0) + 1 for n in names}}
+            self.desired = desired.model_copy(update={"generations": generations})
         write_model(self.home / DESIRED, self.desired)
         supervisor = live_supervisor(self.home)
         if supervisor is None:

@@ -72,6 +72,9 @@ class Desired(BaseModel):
     models: dict[str, Placement] = {}
     # Bumped by `restart`: a new generation is a changed spec, which the supervisor restarts.
     generations: dict[str, int] = {}
+    # Instances the supervisor keeps running on their old spec for now (`up --rolling`
+    # releases them one at a time, each drained first).
+    hold: tuple[str, ...] = ()
 
     def spec(self, instance: Instance) -> str:
         """Everything that, when it changes, means the instance must be restarted."""

@@ -240,7 +240,7 @@ class Supervisor:
         wanted = {inst.name: inst for inst in desired.instances}
         stale = [
             name for name, child in self.children.items()
-            if name not in wanted or child.spec != desired.spec(wanted[name])
+            if name not in wanted or (child.spec != desired.spec(wanted[name]) and name not in desired.hold)
         ]
         stopping = [self.children[name] for name in stale]
         self._stop(stopping, STOP_TIMEOUT)
