@@ -161,7 +161,7 @@ async def _one(client: Any, url: str, api: Api, model: str, prompt: str, num_pre
 
 
 async def _run(
-    urls: list[str], model: str, concurrency: int, requests: int | None, duration: float | None,
+    urls: list[str], model: str | list[str], concurrency: int, requests: int | None, duration: float | None,
     prompts: list[str], api: Api, num_predict: int | list[int] | None, headers: dict[str, str],
     progress: Callable[[int], None] | None,
 ) -> BenchResult:
@@ -185,7 +185,8 @@ async def _run(
         url = urls[k % len(urls)]
         while (n := next_request()) is not None:
             predict = num_predict[n % len(num_predict)] if isinstance(num_predict, list) else num_predict
-            samples.append(await _one(client, url, api, model, prompts[n % len(prompts)], predict))
+            name = model[n % len(model)] if isinstance(model, list) else model
+            samples.append(await _one(client, url, api, name, prompts[n % len(prompts)], predict))
             if progress is not None:
                 progress(len(samples))
 
@@ -198,13 +199,14 @@ async def _run(
 
 
 def run_load(
-    urls: list[str], model: str, *, concurrency: int, requests: int | None = None, duration: float | None = None,
+    urls: list[str], model: str | list[str], *, concurrency: int, requests: int | None = None, duration: float | None = None,
     prompt: str = "hi", prompts: list[str] | None = None, api: Api = "generate",
     num_predict: int | list[int] | None = None, headers: dict[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> BenchResult:
     """Send streamed requests, `concurrency` at a time, over `urls`: `requests` of them, or as
-    many as fit in `duration` seconds. A list of `num_predict` gives request n its n-th length."""
+    many as fit in `duration` seconds. A list of models or of `num_predict` gives request n
+    the n-th of each."""
     if (requests is None) == (duration is None):
         raise ValueError("give requests or duration")
     return asyncio.run(_run(
