@@ -213,3 +213,27 @@ def test_watch_redraws_in_place_until_interrupted(fleet) -> None:
     assert screen.count("instances (started by up)") >= 3
     assert "\x1b[2K" in screen or "\x1b[1A" in screen  # cursor moved back up: redrawn in place
     assert b"Traceback" not in err
+
+
+def test_an_ollama_serve_the_fleet_did_not_start_is_reported(fleet, tmp_path: Path) -> None:
+    """A stock ollama.service (here: the fake, run under the name `ollama`) may hold GPU
+    memory: plan, up and status say so; the fleet's own instances are not reported."""
+    from tests.conftest import FAKE_OLLAMA, wait_answering
+
+    binary = tmp_path / "bin" / "ollama"
+    binary.parent.mkdir()
+    binary.symlink_to(FAKE_OLLAMA)
+    port = free_port_range(1)
+    stock = subprocess.Popen([str(binary), "serve"], env={"PATH": os.environ["PATH"], "OLLAMA_HOST": f"127.0.0.1:{port}"},
+                             stderr=subprocess.DEVNULL)
+    try:
+        wait_answering(f"http://127.0.0.1:{port}/api/version")
+        plan = fleet.run("plan")
+        assert f"pid {stock.pid} (user root, 127.0.0.1:{port})" in plan.stderr
+        assert "systemctl disable --now ollama" in plan.stderr
+        assert fleet.run("up").returncode == 0
+        _, data = status(fleet)
+        assert data["others"] == [f"pid {stock.pid} (user root, 127.0.0.1:{port})"]
+    finally:
+        stock.kill()
+        stock.wait()

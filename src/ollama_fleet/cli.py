@@ -51,6 +51,7 @@ from ollama_fleet.state import (
     write_model,
 )
 from ollama_fleet.supervisor import (
+    foreign_ollama,
     Change,
     Readiness,
     Supervisor,
@@ -163,6 +164,9 @@ def _discover(config: FleetConfig) -> Discovery:
 
 def _plan(config: FleetConfig) -> Plan:
     result = plan(config, _discover(config), inspect_models_dir(config))
+    assert config.state_dir is not None
+    actual = read_actual(config.state_dir) if (config.state_dir / DESIRED).exists() else None
+    _warn_others(foreign_ollama({st.pid for st in actual.instances.values() if st.pid} if actual else set()))
     for gpu in result.unused_gpus:
         warn(f"GPU {gpu.index} is not used: it does not fill a group of {config.gpus_per_instance}")
     return result
@@ -595,6 +599,7 @@ def status_command(
     if shape is Format.table:
         if report.nvml.note:
             warn(report.nvml.note)
+        _warn_others(report.others)
         out.print(_status_view(report))
     else:
         text = json.dumps(report.json_data(), indent=2) + "\n" if shape is Format.json else prometheus(report)
@@ -604,6 +609,12 @@ def status_command(
             write_atomic(output, text)
     if not report.healthy:
         raise typer.Exit(1)
+
+
+def _warn_others(others: list[str]) -> None:
+    for other in others:
+        warn(f"an `ollama serve` the fleet did not start runs: {other}; it may hold GPU memory "
+             "(a stock ollama.service? systemctl disable --now ollama)")
 
 
 def _status_view(report: Any) -> Group:

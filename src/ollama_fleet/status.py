@@ -21,6 +21,7 @@ from ollama_fleet.errors import UserError
 from ollama_fleet.gateway import ServerStats, engine_named
 from ollama_fleet.gpus import Gpu, NvmlUnavailable, discover
 from ollama_fleet.state import read_actual, read_desired, read_gateway
+from ollama_fleet.supervisor import foreign_ollama
 
 SCHEMA = 1
 
@@ -77,6 +78,9 @@ class StatusReport(BaseModel):
     gpus: list[Gpu]
     instances: list[InstanceStatus]
     gateway: GatewayStatus
+    # `ollama serve` processes the fleet did not start (a stock ollama.service): they may
+    # hold GPU memory the instances need.
+    others: list[str] = []
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -212,7 +216,8 @@ def gather(state_dir: Path, timeout: float, system_root: Path = Path("/")) -> St
     if gateway.engine is not None:
         gateway.up = gateway_error is None
         gateway.error = gateway_error
-    return StatusReport(source=source, nvml=nvml, gpus=gpus, instances=instances, gateway=gateway)
+    others = foreign_ollama({m.pid for m in members if m.pid})
+    return StatusReport(source=source, nvml=nvml, gpus=gpus, instances=instances, gateway=gateway, others=others)
 
 
 def _model(raw: dict) -> LoadedModel:

@@ -131,6 +131,26 @@ def port_holder(port: int, host: str = "127.0.0.1") -> str | None:
     return "another process"
 
 
+def foreign_ollama(ours: set[int]) -> list[str]:
+    """Every `ollama serve` this fleet did not start (a stock ollama.service, a hand-started
+    one), as "pid 123 (user ollama, 127.0.0.1:11434)": it may hold GPU memory the fleet's
+    instances need (DESIGN.md §4)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "name", "cmdline", "username"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            # The binary itself, or a script named ollama run by its interpreter.
+            named = proc.info["name"] == "ollama" or any(Path(arg).name == "ollama" for arg in cmdline[:2])
+            if not named or "serve" not in cmdline[1:] or proc.pid in ours:
+                continue
+            ports = [f"{c.laddr.ip}:{c.laddr.port}" for c in proc.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:
+            continue
+        where = ", ".join(ports) or "not listening"
+        found.append(f"pid {proc.pid} (user {proc.info['username']}, {where})")
+    return found
+
+
 def with_log_tail(message: str, path: Path, lines: int = 10) -> str:
     """The message, then (indented) the last lines of the log that explains it."""
     try:
