@@ -305,3 +305,24 @@ def test_protect_home_only_when_the_models_dir_is_outside_home(models: str, prot
     unit = render_units((), service)[0].content
     assert ("ProtectHome=read-only" in unit) is protected
     assert f"ReadWritePaths=-{models}\n" in unit
+
+
+def test_restart_of_a_systemd_fleet_uses_systemctl(tmp_path: Path, ollama_bin: Path, real_root) -> None:
+    from tests.conftest import start_instances, stop
+
+    env, calls = real_root
+    base, procs = start_instances(2)  # stand-ins for the units' processes, on their ports
+    try:
+        path = fake_systemctl_path(tmp_path)
+        result = install(tmp_path, "install-systemd", "--ollama-bin", str(ollama_bin), "--user", "nobody",
+                         "--no-gateway", "--base-port", str(base), path=path, **env)
+        assert result.returncode == 0, result.stderr
+        calls.unlink()
+        result = install(tmp_path, "restart", "gpu1", path=path, **env)
+        assert result.returncode == 0, result.stderr
+        assert calls.read_text().splitlines() == ["restart ollama-fleet@gpu1.service"]
+        assert "restarted: gpu1" in result.stdout
+        rolling = install(tmp_path, "restart", "--rolling", path=path, **env)
+        assert rolling.returncode == 1 and "--rolling" in rolling.stderr
+    finally:
+        stop(procs)
