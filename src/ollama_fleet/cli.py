@@ -377,15 +377,18 @@ def up_command(
             problems.append(str(exc))
     else:
         write_model(home / GATEWAY, GatewayState(engine=None, reason="disabled" if not cfg.gateway else f"{cfg.engine} not installed"))
-    if held and not problems:
+    problems += list(ready.failed.values()) + [
+        f"preload of {model} on {name} failed: {error}" for (name, model), error in preloaded.items() if error
+    ]
+    if held and problems:
+        problems.append(f"the rolling restart of {', '.join(held)} did not start: they run their old plan; "
+                        "fix the above and run `up --rolling` again")
+    elif held:
         from ollama_fleet.restart import UpFleet, restart
 
         outcome = restart(UpFleet(home), list(held), rolling=True, drain_timeout=cfg.read_timeout,
                           wait_timeout=cfg.wait_timeout, say=lambda line: out.print(line, soft_wrap=True))
         problems += outcome.problems
-    problems += list(ready.failed.values()) + [
-        f"preload of {model} on {name} failed: {error}" for (name, model), error in preloaded.items() if error
-    ]
     if supervisor is None:
         if problems:
             raise UserError("\n".join(problems))

@@ -72,7 +72,9 @@ async def _preload(client: httpx.AsyncClient, address: str, model: str, keep_ali
     # An empty prompt only loads the model (done_reason "load").
     import httpx
 
-    body = {"model": model, "prompt": "", "stream": False, "keep_alive": keep_alive_value(keep_alive)}
+    body = {"model": model, "prompt": "", "stream": False}
+    if keep_alive:  # else the instance's own OLLAMA_KEEP_ALIVE applies
+        body["keep_alive"] = keep_alive_value(keep_alive)
     try:
         response = await client.post(_url(address, "/api/generate"), json=body, headers=HEADERS)
     except httpx.HTTPError as exc:

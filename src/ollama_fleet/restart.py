@@ -107,7 +107,6 @@ class SystemdFleet(Fleet):
         gw = manifest.gateway
         self.engine = engine_named(gw.engine) if gw and gw.engine == "haproxy" else None
         self.drain_home = gw.prefix if gw and gw.prefix else Path(systemd.RUN_DIR)
-        self.nginx = bool(gw and gw.engine == "nginx")
 
     def restart(self, names: list[str], timeout: float) -> list[str]:
         self.systemctl("restart", *map(systemd.unit_of, names))
@@ -121,7 +120,8 @@ class SystemdFleet(Fleet):
 
     def preload(self, name: str, timeout: float) -> list[str]:
         member = next(m for m in self.manifest.instances if m.name == name)
-        jobs = [(name, model, placed.keep_alive or "5m") for model, placed in self.manifest.models.items()
+        # No keep_alive of its own: the instance's OLLAMA_KEEP_ALIVE (its env file) applies.
+        jobs = [(name, model, placed.keep_alive or "") for model, placed in self.manifest.models.items()
                 if name in placed.instances]
         errors = probe.preload({name: member.address}, jobs, timeout)
         return [f"preload of {model} on {n} failed: {error}" for (n, model), error in errors.items() if error]
