@@ -20,12 +20,11 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
-from ollama_fleet import __version__, probe, systemd
+from ollama_fleet import __version__, probe
 from ollama_fleet.config import FleetConfig, checked_path, load_config, normalize_model
 from ollama_fleet.errors import BadInput, FleetError, Missing, UserError
 from ollama_fleet.gpus import Discovery, resolve
 from ollama_fleet.plan import Plan, inspect_models_dir, loads, plan, plan_json
-from ollama_fleet.render import RenderedFile
 from ollama_fleet.gateway import (
     Engine,
     GatewaySpec,
@@ -464,6 +463,8 @@ def down_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """Stop the supervisor and every instance (SIGTERM to each process group, SIGKILL after --timeout)."""
+    from ollama_fleet import systemd  # imported where used: jinja2 costs `up` and `down` start-up time
+
     cfg = _config(None, verbose, state_dir=state_dir)
     assert cfg.state_dir is not None
     stopped = stop_fleet(cfg.state_dir, timeout)
@@ -840,6 +841,8 @@ def install_systemd_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """Install the fleet as systemd units: one ollama-fleet@ instance per GPU, one target, the gateway."""
+    from ollama_fleet import systemd
+
     cfg = _config(config, verbose, **_settings(locals()))
     result = _plan(cfg)
     name = cfg.user or systemd.DEFAULT_USER
@@ -904,6 +907,8 @@ def uninstall_systemd_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """Stop and disable the fleet's units and remove exactly the files install-systemd wrote."""
+    from ollama_fleet import systemd
+
     _config(None, verbose)
     staging = root is not None
     base = root.absolute() if root is not None else Path("/")
