@@ -242,7 +242,8 @@ def real_root(tmp_path: Path):
     yield env, calls
     shutil.rmtree(models)
     for path in ("/etc/ollama-fleet", "/etc/systemd/system/ollama-fleet@.service",
-                 "/etc/systemd/system/ollama-fleet.target", "/etc/nginx/conf.d/ollama-fleet.conf"):
+                 "/etc/systemd/system/ollama-fleet.target", "/etc/systemd/system/ollama-fleet-gateway.service",
+                 "/etc/nginx/conf.d/ollama-fleet.conf"):
         p = Path(path)
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
@@ -326,3 +327,22 @@ def test_restart_of_a_systemd_fleet_uses_systemctl(tmp_path: Path, ollama_bin: P
         assert rolling.returncode == 1 and "--rolling" in rolling.stderr
     finally:
         stop(procs)
+
+
+def test_switching_the_gateway_from_haproxy_to_nginx_stops_the_old_unit(tmp_path: Path, ollama_bin: Path, real_root) -> None:
+    require_tool("haproxy")
+    require_tool("nginx")
+    env, calls = real_root
+    path = fake_systemctl_path(tmp_path)
+    args = ["install-systemd", "--ollama-bin", str(ollama_bin), "--user", "nobody", "--listen", "127.0.0.1:18080"]
+    assert install(tmp_path, *args, "--engine", "haproxy", path=path, **env).returncode == 0
+    assert Path("/etc/systemd/system/ollama-fleet-gateway.service").exists()
+    calls.unlink()
+    result = install(tmp_path, *args, "--engine", "nginx", path=path, **env)
+    assert result.returncode == 0, result.stderr
+    assert calls.read_text().splitlines() == [
+        "stop ollama-fleet-gateway.service", "daemon-reload", "enable --now ollama-fleet.target", "reload nginx.service",
+    ]
+    assert not Path("/etc/systemd/system/ollama-fleet-gateway.service").exists()
+    assert not Path("/etc/ollama-fleet/haproxy.cfg").exists()
+    assert Path("/etc/nginx/conf.d/ollama-fleet.conf").exists()

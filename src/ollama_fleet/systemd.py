@@ -300,6 +300,8 @@ def install(
         units_changed = any(p.startswith(str(UNIT_DIR)) for p in [*changed, *stale])
         if report.stopped:
             systemctl("stop", *map(unit_of, report.stopped))
+        if str(UNIT_DIR / GATEWAY_UNIT) in stale:  # the gateway moved to nginx: free its port first
+            systemctl("stop", GATEWAY_UNIT)
         if units_changed:
             systemctl("daemon-reload")
         if report.restarted:
