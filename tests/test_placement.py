@@ -98,11 +98,15 @@ def test_unknown_instances_and_empty_groups_are_exit_2(nvml, tmp_path: Path) -> 
     assert same.exit_code == 2 and "the same model" in same.stderr
 
 
-def test_nginx_refuses_a_placement_naming_haproxy(nvml) -> None:
+def test_nginx_refuses_a_placement_naming_haproxy(nvml, fleet) -> None:
     nvml(2)
     result = CliRunner().invoke(app, ["render-nginx", "--models", "qwen3=gpu0"])
     assert result.exit_code == 2
     assert "--engine haproxy" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    # `up` refuses before it starts anything.
+    up = fleet.run("up", "--gateway", "--listen", f"127.0.0.1:{free_port_range(1)}", "--models", "qwen3=gpu0")
+    assert up.returncode == 2 and "--engine haproxy" in up.stderr
+    assert not (fleet.state / "fleet.json").exists()
 
 
 def test_preload_honours_placement_and_status_flags_missing_and_stray(fleet) -> None:

@@ -312,7 +312,7 @@ def up_command(
     # The gateway's input (keys, TLS files) is read and checked before anything starts.
     gateway_engine, spec = _gateway_plan(cfg, result, explicit=gateway is True or engine is not None)
     if gateway_engine is not None and spec is not None:
-        gateway_preflight(spec, home, gateway_engine.name)
+        gateway_preflight(spec, home, gateway_engine)
     running = live_supervisor(home)
     if running is not None and foreground:
         raise UserError(f"a fleet is already running from {home} (supervisor pid {running.pid}); run `ollama-fleet down` first")

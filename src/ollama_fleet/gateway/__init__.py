@@ -247,15 +247,18 @@ def worker_user(run_as: str | None) -> tuple[str, str] | None:
     return (account.pw_name, grp.getgrgid(account.pw_gid).gr_name)
 
 
-def preflight(spec: GatewaySpec, state_dir: Path, engine: str) -> None:
-    """Refuse before anything starts when a stranger holds a port the gateway needs (exit 1)."""
+def preflight(spec: GatewaySpec, state_dir: Path, engine: Engine) -> None:
+    """Refuse before anything starts: a spec this engine cannot render (exit 2: a placement
+    on nginx, a TLS key HAProxy cannot read), or a stranger on a port it needs (exit 1)."""
     from ollama_fleet.supervisor import port_holder
+
+    engine.render(spec, standalone=True, prefix=state_dir / "gateway", user=None)
 
     ours = read_gateway(state_dir)
     if ours is not None and ours.process is not None and ours.process.process() is not None:
         return  # our own gateway holds them; `up` reloads it
     ports = [("listen", spec.listen.port, spec.listen.host)]
-    if engine == "haproxy":
+    if engine.name == "haproxy":
         ports.append(("metrics_port", spec.metrics_port, "127.0.0.1"))
     for field, port, host in ports:
         holder = port_holder(port, host)
