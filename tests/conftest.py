@@ -59,14 +59,25 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _missing(what: str) -> None:
+    """Under CI=true a missing prerequisite fails the test; elsewhere it skips it."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is required under CI=true")
+    pytest.skip(what)  # only outside CI: under CI=true it failed above
+
+
 def require_tool(name: str) -> str:
     """The path of a real tool; under CI=true its absence fails the test instead of skipping it."""
     path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
     if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is required under CI=true but is not installed")
-        pytest.skip(f"{name} is not installed")  # only outside CI: under CI=true it failed above
-    return path
+        _missing(f"{name} (not installed)")
+    return path  # type: ignore[return-value]
+
+
+def require_root() -> None:
+    """Tests of what root does to /etc (install-systemd's real path) run as root, as CI does."""
+    if os.geteuid() != 0:
+        _missing("root")
 
 
 def free_port_range(count: int) -> int:

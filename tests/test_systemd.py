@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ollama_fleet import __version__
-from tests.conftest import FAKES, require_tool, subprocess_env
+from tests.conftest import FAKES, require_root, require_tool, subprocess_env
 
 GOLDEN = Path(__file__).parent / "golden" / "systemd"
 UNITS = "etc/systemd/system"
@@ -204,8 +204,7 @@ def fake_systemctl_path(tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("state", [None, "offline"])
 def test_without_systemd_as_init_it_exits_3_and_suggests_root(tmp_path: Path, ollama_bin: Path, state: str | None) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: without it install-systemd refuses earlier (tested below)")
+    require_root()  # without root install-systemd refuses earlier (tested below)
     # No systemctl at all (an empty PATH), or one that says systemd is not PID 1.
     path = str(tmp_path) if state is None else fake_systemctl_path(tmp_path)
     result = install(tmp_path, "install-systemd", "--ollama-bin", str(ollama_bin), gpus=1, path=path,
@@ -230,8 +229,7 @@ def test_unprivileged_against_the_real_root_is_refused(monkeypatch: pytest.Monke
 @pytest.fixture
 def real_root(tmp_path: Path):
     """Install into the real /etc with a fake systemctl; every file is removed afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("writes /etc: runs as root (as CI does)")
+    require_root()  # it writes /etc
     if Path("/etc/ollama-fleet").exists() or Path("/etc/systemd/system/ollama-fleet@.service").exists():
         pytest.fail("this machine already has an ollama-fleet install; the test will not touch it")
     # The service user (nobody here) must reach and write it: not under root's 0700 tmp_path.
