@@ -12,7 +12,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-import psutil
 from pydantic import BaseModel, Field, computed_field
 
 from ollama_fleet import probe, systemd
@@ -21,7 +20,7 @@ from ollama_fleet.errors import UserError
 from ollama_fleet.gateway import ServerStats, engine_named
 from ollama_fleet.gpus import Gpu, NvmlUnavailable, discover
 from ollama_fleet.state import read_actual, read_desired, read_gateway
-from ollama_fleet.supervisor import foreign_ollama
+from ollama_fleet.supervisor import foreign_ollama, listener
 
 SCHEMA = 1
 
@@ -140,24 +139,13 @@ def _from_up(state_dir: Path) -> tuple[list[_Member], GatewayStatus, dict[str, P
     return members, gateway, desired.models
 
 
-def _listener(port: int) -> psutil.Process | None:
-    """Who listens on this TCP port: how a systemd-managed instance is found."""
-    try:
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
-                return psutil.Process(conn.pid)
-    except psutil.Error:
-        pass
-    return None
-
-
 def _from_systemd(root: Path) -> tuple[list[_Member], GatewayStatus, dict[str, Placement]] | None:
     manifest = systemd.read_manifest(root)
     if manifest is None:
         return None
     members = []
     for m in manifest.instances:
-        proc = _listener(m.port)
+        proc = listener(m.port)
         members.append(_Member(
             name=m.name, address=m.address, port=m.port, gpus=[g.label for g in m.gpus],
             pid=proc.pid if proc else None, started_at=proc.create_time() if proc else None,

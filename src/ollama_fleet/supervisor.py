@@ -122,13 +122,23 @@ def port_holder(port: int, host: str = "127.0.0.1") -> str | None:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 return f"unusable ({exc.strerror})"
+    proc = listener(port)
+    try:
+        return f"pid {proc.pid} ({proc.name()})" if proc else "another process"
+    except psutil.Error:
+        return "another process"
+
+
+def listener(port: int) -> psutil.Process | None:
+    """The process listening on this TCP port, if psutil can tell (how `port_holder` names a
+    stranger, and how `status` finds a systemd-managed instance)."""
     try:
         for conn in psutil.net_connections(kind="tcp"):
             if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
-                return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+                return psutil.Process(conn.pid)
     except psutil.Error:
         pass
-    return "another process"
+    return None
 
 
 def foreign_ollama(ours: set[int]) -> list[str]:
