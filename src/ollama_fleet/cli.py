@@ -355,7 +355,7 @@ def up_command(
                 cfg.wait_timeout, tick,
                 lambda n, total: status.update(f"waiting for instances: {n}/{total} answer"),
             )
-        preloaded = probe.preload(
+        preload_failures = probe.preload(
             {i.name: i.address for i in new.instances if i.name in ready.versions},
             list(new.loads), timeout=max(cfg.wait_timeout, 300),
         )
@@ -376,9 +376,7 @@ def up_command(
             problems.append(str(exc))
     else:
         write_model(home / GATEWAY, GatewayState(engine=None, reason="disabled" if not cfg.gateway else f"{cfg.engine} not installed"))
-    problems += list(ready.failed.values()) + [
-        f"preload of {model} on {name} failed: {error}" for (name, model), error in preloaded.items() if error
-    ]
+    problems += list(ready.failed.values()) + preload_failures
     if held and problems:
         problems.append(f"the rolling restart of {', '.join(held)} did not start: they run their old plan; "
                         "fix the above and run `up --rolling` again")

@@ -87,19 +87,17 @@ async def _preload(client: httpx.AsyncClient, address: str, model: str, keep_ali
         return f"HTTP {response.status_code}"
 
 
-def preload(
-    addresses: dict[str, str], jobs: list[tuple[str, str, str]], timeout: float
-) -> dict[tuple[str, str], str | None]:
+def preload(addresses: dict[str, str], jobs: list[tuple[str, str, str]], timeout: float) -> list[str]:
     """Load models in parallel, each (instance, model, keep_alive) job on its instance (of
-    those in `addresses`): {(instance, model): error or None}."""
+    those in `addresses`); returns what failed, one line each."""
 
-    async def run() -> dict[tuple[str, str], str | None]:
+    async def run() -> list[str]:
         todo = [(n, m, k) for n, m, k in jobs if n in addresses]
         async with _client(timeout) as client:
             errors = await asyncio.gather(*(_preload(client, addresses[n], m, k) for n, m, k in todo))
-        return {(n, m): e for (n, m, _), e in zip(todo, errors)}
+        return [f"preload of {m} on {n} failed: {e}" for (n, m, _), e in zip(todo, errors) if e]
 
-    return asyncio.run(run()) if jobs and addresses else {}
+    return asyncio.run(run()) if jobs and addresses else []
 
 
 def gateway_answers(url: str, timeout: float) -> bool:

@@ -90,8 +90,7 @@ class UpFleet(Fleet):
     def preload(self, name: str, timeout: float) -> list[str]:
         inst = next(i for i in self.desired.instances if i.name == name)
         jobs = [job for job in self.desired.loads if job[0] == name]
-        errors = probe.preload({name: inst.address}, jobs, timeout)
-        return [f"preload of {model} on {n} failed: {error}" for (n, model), error in errors.items() if error]
+        return probe.preload({name: inst.address}, jobs, timeout)
 
 
 class SystemdFleet(Fleet):
@@ -123,8 +122,7 @@ class SystemdFleet(Fleet):
         # No keep_alive of its own: the instance's OLLAMA_KEEP_ALIVE (its env file) applies.
         jobs = [(name, model, placed.keep_alive or "") for model, placed in self.manifest.models.items()
                 if name in placed.instances]
-        errors = probe.preload({name: member.address}, jobs, timeout)
-        return [f"preload of {model} on {n} failed: {error}" for (n, model), error in errors.items() if error]
+        return probe.preload({name: member.address}, jobs, timeout)
 
 
 def restart(fleet: Fleet, names: list[str], *, rolling: bool, drain_timeout: float, wait_timeout: float,
