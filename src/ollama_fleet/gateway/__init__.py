@@ -267,28 +267,40 @@ def preflight(spec: GatewaySpec, state_dir: Path, engine: Engine) -> None:
             raise UserError(f"{field}: port {port} for the gateway is taken by {holder}; pass another {flag} or --no-gateway")
 
 
+def _write_config(engine: Engine, spec: GatewaySpec, prefix: Path, config: Path, user: tuple[str, str] | None) -> bool:
+    """Render and check the standalone config, write it atomically; True when it changed."""
+    content = engine.render(spec, standalone=True, prefix=prefix, user=user)
+    engine.check(content, standalone=True, prefix=prefix)
+    changed = not config.exists() or config.read_text() != content
+    write_atomic(config, content, secret_mode(spec))
+    return changed
+
+
+def _record(state_dir: Path, state: GatewayState, spec: GatewaySpec) -> GatewayState:
+    """gateway.json, with the spec it was rendered from (API keys included: 0640 then)."""
+    state = state.model_copy(update={"spec": spec.model_dump(mode="json")})
+    write_model(state_dir / GATEWAY, state, secret_mode(spec))
+    return state
+
+
 def converge(engine: Engine, spec: GatewaySpec, state_dir: Path, user: tuple[str, str] | None) -> tuple[str, GatewayState]:
     """Start the gateway, or reload it when its config changed (never restart it).
 
     Returns what was done ("started", "reloaded", "unchanged") and the new state.
     """
-
     prefix = state_dir / "gateway"
     config = prefix / f"{engine.name}.conf"
-    content = engine.render(spec, standalone=True, prefix=prefix, user=user)
-    engine.check(content, standalone=True, prefix=prefix)
     previous = read_gateway(state_dir)
     live = previous.process if previous and previous.process and previous.process.process() else None
+    changed = _write_config(engine, spec, prefix, config, user)
     if live is not None and previous is not None and previous.engine != engine.name:
         from ollama_fleet.supervisor import stop_processes
 
         stop_processes([live], 10)  # the other engine holds the port: it goes first
         live = None
-    unchanged = config.exists() and config.read_text() == content
-    write_atomic(config, content, secret_mode(spec))
-    if live is not None and previous is not None and previous.engine == engine.name:
-        action = "unchanged" if unchanged else "reloaded"
-        if not unchanged:
+    if live is not None:
+        action = "reloaded" if changed else "unchanged"
+        if changed:
             engine.reload(prefix, config)
         record = live
     else:
@@ -296,21 +308,15 @@ def converge(engine: Engine, spec: GatewaySpec, state_dir: Path, user: tuple[str
         action = "started"
     state = GatewayState(
         engine=engine.name, process=record, prefix=prefix, config=config, url=spec.probe_url, listen=str(spec.listen),
-        spec=spec.model_dump(mode="json"), worker=user,
+        worker=user,
     )
-    write_model(state_dir / GATEWAY, state, secret_mode(spec))
-    return action, state
+    return action, _record(state_dir, state, spec)
 
 
 def redrain(engine: Engine, state_dir: Path, state: GatewayState, drained: tuple[str, ...]) -> GatewayState:
     """Re-render the running gateway's config with `drained` instances, check it, reload."""
     assert state.spec is not None and state.prefix is not None and state.config is not None
     spec = GatewaySpec.model_validate(state.spec).model_copy(update={"drained": drained})
-    content = engine.render(spec, standalone=True, prefix=state.prefix, user=state.worker)
-    engine.check(content, standalone=True, prefix=state.prefix)
-    write_atomic(state.config, content, secret_mode(spec))
+    _write_config(engine, spec, state.prefix, state.config, state.worker)
     engine.reload(state.prefix, state.config)
-    state = state.model_copy(update={"spec": spec.model_dump(mode="json")})
-    write_model(state_dir / GATEWAY, state, secret_mode(spec))
-    return state
-
+    return _record(state_dir, state, spec)
