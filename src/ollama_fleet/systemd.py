@@ -194,10 +194,8 @@ class Systemctl:
         # offline: systemd is not PID 1 (a container, another init). "degraded" is fine.
         if state in ("offline", "unknown", ""):
             raise Missing(f"systemd is not the init system here (systemctl is-system-running: {state or 'no answer'}); {hint}")
-        self.calls: list[list[str]] = []
 
     def __call__(self, *args: str) -> None:
-        self.calls.append(list(args))
         proc = subprocess.run([self.path, *args], capture_output=True, text=True)
         if proc.returncode != 0:
             detail = proc.stderr.strip().splitlines()
