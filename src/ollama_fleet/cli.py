@@ -619,10 +619,17 @@ def _warn_others(others: list[str]) -> None:
              "(a stock ollama.service? systemctl disable --now ollama)")
 
 
+def _view_table(*columns: Any, title: str) -> Table:
+    """status's tables: light borders and single spacing, so a whole row fits 80 columns."""
+    from rich import box
+
+    return Table(*columns, title=title, title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+
+
 def _status_view(report: Any) -> Group:
     from ollama_fleet.status import expires_in
 
-    gpus = Table("GPU", "name", "memory", "util", "temp", "power", "instance", title="GPUs", title_justify="left")
+    gpus = _view_table("GPU", "name", "memory", "util", "temp", "power", "instance", title="GPUs")
     used_by = {label: i.name for i in report.instances for label in i.gpus}
     for g in report.gpus:
         memory = "-" if g.memory_total is None else f"{(g.memory_used or 0) / 2**30:.1f}/{g.memory_total / 2**30:.0f} GiB"
@@ -635,9 +642,9 @@ def _status_view(report: Any) -> Group:
         )
     queues = any(i.gateway is not None for i in report.instances)
     columns = ["instance", "GPUs", Column("address", no_wrap=True), "pid", "uptime", "restarts", "health", "version"]
-    instances = Table(*columns, *(["gateway"] if queues else []),
-                      title=f"instances (started by {report.source})", title_justify="left")
-    models = Table("instance", "model", "VRAM", "unloads in", "placement", title="models", title_justify="left")
+    instances = _view_table(*columns, *(["gateway"] if queues else []), title=f"instances (started by {report.source})")
+    placement = any(i.placed for i in report.instances)
+    models = _view_table("instance", "model", "VRAM", "unloads in", *(["placement"] if placement else []), title="models")
     for i in report.instances:
         health = Text(f"ok {i.latency_ms:.0f} ms", style="green") if i.healthy else Text(f"DOWN: {i.error}", style="bold red")
         instances.add_row(
@@ -649,10 +656,9 @@ def _status_view(report: Any) -> Group:
         for m in i.models:
             left = expires_in(m.expires_at)
             stray = normalize_model(m.name) in i.stray
-            models.add_row(
-                i.name, m.name, _size(m.size_vram), "never" if left is None else _duration(left),
-                Text("stray: placed elsewhere", style="bold yellow") if stray else ("placed" if i.placed else ""),
-            )
+            mark = Text("stray: placed elsewhere", style="bold yellow") if stray else ("placed" if i.placed else "")
+            models.add_row(i.name, m.name, _size(m.size_vram), "never" if left is None else _duration(left),
+                           *([mark] if placement else []))
         for name in i.missing:
             models.add_row(i.name, name, "-", "-", Text("missing: placed here, not loaded", style="bold yellow"))
     gw = report.gateway
