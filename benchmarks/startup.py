@@ -36,7 +36,7 @@ def main() -> int:
             **os.environ,
             "PYTHONPATH": str(FAKES),
             "FAKE_NVML_GPUS": str(COUNT),
-            "FAKE_OLLAMA_STARTUP_S": str(DELAY),
+            "OLLAMA_FLEET_ENV": f"FAKE_OLLAMA_STARTUP_S={DELAY}",  # instances inherit only what [env] names
             "OLLAMA_FLEET_STATE_DIR": f"{tmp}/state",
             "OLLAMA_FLEET_MODELS_DIR": f"{tmp}/models",
             "OLLAMA_FLEET_OLLAMA_BIN": str(ollama),

@@ -12,6 +12,10 @@ import pytest
 TESTS = Path(__file__).parent
 FAKES = TESTS / "fakes"
 FAKE_OLLAMA = TESTS / "fake_ollama.py"
+# The console script of the environment the tests run in (never whatever PATH finds first:
+# a stray global install would make the tests pass on one machine only). Not resolved:
+# a venv's python is a link, and its scripts sit next to the link.
+CONSOLE_SCRIPT = Path(sys.executable).parent / "ollama-fleet"
 sys.path.insert(0, str(FAKES))
 import pynvml as fake_pynvml  # noqa: E402  (the fake, from tests/fakes)
 
@@ -128,7 +132,8 @@ def fleet(tmp_path: Path):
 
         def run(self, *args: str, **env: str) -> subprocess.CompletedProcess:
             return subprocess.run(
-                self.argv(*args), env={**self.env, **env}, capture_output=True, text=True, timeout=120
+                self.argv(*args), env=fake_knobs_as_fleet_env({**self.env, **env}), capture_output=True, text=True,
+                timeout=120,
             )
 
         def url(self, k: int, path: str = "/api/version") -> str:
@@ -137,6 +142,16 @@ def fleet(tmp_path: Path):
     f = Fleet()
     yield f
     f.run("down", "--timeout", "2")
+
+
+def fake_knobs_as_fleet_env(env: dict[str, str]) -> dict[str, str]:
+    """The fake Ollama's FAKE_OLLAMA_* knobs, moved into OLLAMA_FLEET_ENV: instances inherit
+    nothing of the caller's environment but PATH, HOME, locale and proxies, so the knobs
+    reach them the way a user's own variables would, through the fleet's [env]."""
+    knobs = [f"{k}={env.pop(k)}" for k in sorted(env) if k.startswith("FAKE_OLLAMA_")]
+    if knobs:
+        env["OLLAMA_FLEET_ENV"] = ",".join(filter(None, [env.get("OLLAMA_FLEET_ENV", ""), *knobs]))
+    return env
 
 
 def wait_answering(url: str, timeout: float = 10.0, **kwargs: object):

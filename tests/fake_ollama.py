@@ -13,8 +13,15 @@ connection at once and exiting 0; TCP_NODELAY, as Go servers set it.
 
 Knobs (environment): FAKE_OLLAMA_TPS (tokens/s of one sequence alone, 200),
 FAKE_OLLAMA_TOKENS (tokens per reply unless options.num_predict, 20), FAKE_OLLAMA_STARTUP_S
-(delay before listening, 0), FAKE_OLLAMA_LOAD_S (model load time, 0), FAKE_OLLAMA_MODELS
-(comma-separated models present), FAKE_OLLAMA_VERSION.
+(GPU discovery time: it listens at once but answers only after it, 0), FAKE_OLLAMA_LOAD_S
+(model load time, 0), FAKE_OLLAMA_MODELS (comma-separated models present; those named
+*embed* are embedding-only), FAKE_OLLAMA_THINKING (comma-separated models that think by
+default, "qwen3"), FAKE_OLLAMA_ERROR_AFTER (send an {"error"} line after this many tokens
+of a stream), FAKE_OLLAMA_GPUS (the box's GPUs, as the fake pynvml numbers them, 8),
+FAKE_OLLAMA_NO_CUDA=1 (the CUDA library fails: no GPU found), FAKE_OLLAMA_VERSION.
+
+Each behaviour copied from Ollama names the file and function of ollama/ollama (v0.33.0-rc2,
+fb30760) it follows.
 
 For tests: GET /_fake/env (the environment it started with), GET /_fake/stats (peak
 concurrency, loads, requests, served).
@@ -49,19 +56,43 @@ SLOTS = int(os.environ.get("OLLAMA_NUM_PARALLEL") or 1)
 MAX_QUEUE = int(os.environ.get("OLLAMA_MAX_QUEUE") or 512)
 MAX_LOADED = int(os.environ.get("OLLAMA_MAX_LOADED_MODELS") or 3)
 CONTENTION = 0.3  # k sequences decoding together each run at TPS / (1 + 0.3 (k - 1))
-MODELS = [
-    m if ":" in m else m + ":latest"
-    for m in os.environ.get("FAKE_OLLAMA_MODELS", "llama3.2:latest,qwen3:latest,nomic-embed-text:latest").split(",")
-    if m
-]
 
 
 def normalize(name: str) -> str:
-    return name if ":" in name else name + ":latest"  # "qwen3" is "qwen3:latest"
+    """types/model/name.go ParseName + DisplayShortest: default host, namespace and tag, and
+    names compare without case ("Library/Qwen3" is "qwen3:latest")."""
+    name = name.strip().lower()
+    tag = ""
+    if name.rfind(":") > name.rfind("/"):
+        name, _, tag = name.rpartition(":")
+    parts = name.split("/")
+    host = "/".join(parts[:-2]).split("://", 1)[-1] if len(parts) >= 3 else "registry.ollama.ai"
+    namespace = parts[-2] if len(parts) >= 2 else "library"
+    head = f"{host}/{namespace}/" if host != "registry.ollama.ai" else "" if namespace == "library" else f"{namespace}/"
+    return f"{head}{parts[-1]}:{tag or 'latest'}"
+
+
+MODELS = [normalize(m) for m in os.environ.get(
+    "FAKE_OLLAMA_MODELS", "llama3.2:latest,qwen3:latest,nomic-embed-text:latest").split(",") if m]
+THINKING = {normalize(m) for m in os.environ.get("FAKE_OLLAMA_THINKING", "qwen3").split(",") if m}
+ERROR_AFTER = int(os.environ.get("FAKE_OLLAMA_ERROR_AFTER") or -1)
+
+
+def embedding_only(model: str) -> bool:
+    return "embed" in model  # nomic-embed-text, mxbai-embed-large, ...
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    """Go's time.Time in JSON (RFC 3339, nanoseconds, trailing zeros dropped) in the
+    server's local offset, as Ollama writes created_at and expires_at."""
+    return rfc3339_nano(datetime.now().astimezone())
+
+
+def rfc3339_nano(when: datetime) -> str:
+    nanos = f"{when.microsecond:06d}{time.time_ns() % 1000:03d}".rstrip("0")
+    offset = when.strftime("%z")
+    offset = "Z" if offset in ("+0000", "") else f"{offset[:3]}:{offset[3:]}"
+    return when.strftime("%Y-%m-%dT%H:%M:%S") + (f".{nanos}" if nanos else "") + offset
 
 
 class Engine:
@@ -127,10 +158,12 @@ class Engine:
             for model, expiry in self.loaded.items():
                 left = expiry - time.monotonic()
                 # Kept forever (keep_alive < 0): Ollama reports a date some 290 years away.
-                expires = datetime.now(timezone.utc) + (timedelta(days=290 * 365) if left == float("inf") else timedelta(seconds=left))
+                expires = datetime.now().astimezone() + (
+                    timedelta(days=290 * 365) if left == float("inf") else timedelta(seconds=left))
                 result.append(
                     {"name": model, "model": model, "size": 5_000_000_000, "size_vram": 5_000_000_000,
-                     "digest": "f" * 64, "details": details(), "expires_at": expires.isoformat()}
+                     "digest": "f" * 64, "details": details(), "expires_at": rfc3339_nano(expires),
+                     "context_length": 4096}
                 )
             return result
 
@@ -160,20 +193,44 @@ def details() -> dict:
 
 
 def host_allowed(host_header: str) -> bool:
-    """Ollama's allowedHostsMiddleware: only local names or IPs when it listens on loopback."""
+    """server/routes.go allowedHostsMiddleware + allowedHost: on a loopback listener, a Host
+    that is an IP must be loopback, private, unspecified or one of this machine's; a name must
+    be localhost, the hostname, or end in .localhost, .local or .internal."""
     host = host_header.strip()
     if host.startswith("["):
         host = host[1 : host.find("]")]
     elif host.count(":") == 1:
         host = host.split(":")[0]
-    if host in ("", "localhost") or host == socket.gethostname():
-        return True
     try:
-        ipaddress.ip_address(host)
-        return True
+        ip = ipaddress.ip_address(host)
     except ValueError:
-        pass
+        ip = None
+    if ip is not None:
+        return ip.is_loopback or ip.is_private or ip.is_unspecified or host in local_ips()
+    host = host.lower()
+    if host in ("", "localhost") or host == socket.gethostname().lower():
+        return True
     return host.endswith((".localhost", ".local", ".internal"))
+
+
+def local_ips() -> set[str]:
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+    except OSError:
+        return set()
+
+
+def origin_allowed(origin: str) -> bool:
+    """envconfig.AllowedOrigins (OLLAMA_ORIGINS, plus http(s)://localhost, 127.0.0.1 and
+    0.0.0.0 on any port, app://, file://, tauri://, vscode-webview://, vscode-file://) as
+    gin-contrib/cors matches them, wildcards included."""
+    import fnmatch
+
+    allowed = [o.strip() for o in os.environ.get("OLLAMA_ORIGINS", "").split(",") if o.strip()]
+    for host in ("localhost", "127.0.0.1", "0.0.0.0"):
+        allowed += [f"http://{host}", f"https://{host}", f"http://{host}:*", f"https://{host}:*"]
+    allowed += ["app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*"]
+    return any(fnmatch.fnmatchcase(origin, pattern) for pattern in allowed)
 
 
 ENGINE = Engine()
@@ -190,12 +247,32 @@ class Handler(BaseHTTPRequestHandler):
         sys.stderr.write(f"[GIN] {datetime.now():%Y/%m/%d - %H:%M:%S} | {self.address_string()} | {format % args}\n")
 
     def _check_host(self) -> bool:
+        """CORS first (gin-contrib/cors runs before allowedHostsMiddleware in
+        GenerateRoutes): an Origin not allowed is 403, an allowed preflight is 204; then
+        the Host check, which answers an allowed OPTIONS with 204 itself."""
+        origin = self.headers.get("Origin")
+        if origin is not None and not origin_allowed(origin):
+            return self._abort(403)
+        if origin is not None and self.command == "OPTIONS":
+            return self._abort(204, {"Access-Control-Allow-Origin": origin,
+                                     "Access-Control-Allow-Methods": "GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS",
+                                     "Access-Control-Allow-Headers": "Authorization,Content-Type,User-Agent,Accept"})
         if self.server.loopback and not host_allowed(self.headers.get("Host", "")):
-            self.send_response(403)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return False
+            return self._abort(403)
+        if self.command == "OPTIONS":
+            return self._abort(204)
         return True
+
+    def _abort(self, status: int, headers: dict[str, str] | None = None) -> bool:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return False
+
+    def do_OPTIONS(self) -> None:
+        self._check_host()
 
     def _send(self, status: int, data: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -271,7 +348,7 @@ class Handler(BaseHTTPRequestHandler):
         kinds = {
             "/api/generate": "generate", "/api/chat": "chat", "/v1/chat/completions": "openai-chat",
             "/v1/completions": "openai-completion", "/api/embed": "embed", "/v1/embeddings": "openai-embed",
-            "/api/show": "show",
+            "/api/show": "show", "/v1/responses": "responses", "/v1/messages": "messages",
         }
         kind = kinds.get(path)
         if kind is None:
@@ -284,8 +361,12 @@ class Handler(BaseHTTPRequestHandler):
                 return self._json(404, {"error": {"message": message, "type": "api_error", "param": None, "code": None}})
             return self._json(404, {"error": message})
         if kind == "show":
+            capabilities = ["embedding"] if embedding_only(model) else ["completion"] + (["thinking"] if model in THINKING else [])
             return self._json(200, {"modelfile": f"FROM {model}", "parameters": "", "template": "{{ .Prompt }}",
-                                    "details": details(), "model_info": {}, "capabilities": ["completion"]})
+                                    "details": details(), "model_info": {}, "capabilities": capabilities})
+        if kind in ("generate", "chat", "openai-chat", "openai-completion") and embedding_only(model):
+            # server/routes.go GenerateHandler: errCapabilityCompletion.
+            return self._json(400, {"error": f'"{body.get("model")}" does not support {"chat" if "chat" in kind else "generate"}'})
         with ENGINE.lock:
             ENGINE.requests += 1
         try:
@@ -298,11 +379,30 @@ class Handler(BaseHTTPRequestHandler):
             load = ENGINE.load(model, keep_alive)
             if kind in ("embed", "openai-embed"):
                 return self._embed(kind, model, body)
+            if kind in ("responses", "messages"):
+                return self._json(200, self._compat(kind, model, body))
             self._generate(kind, model, body, load)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away: stop generating, free the slot
         finally:
             ENGINE.release()
+
+    def _compat(self, kind: str, model: str, body: dict) -> dict:
+        """/v1/responses (OpenAI Responses) and /v1/messages (Anthropic Messages), not
+        streamed: enough of their shape for routing tests (openai/responses.go,
+        anthropic/anthropic.go)."""
+        count = int(body.get("max_output_tokens") or body.get("max_tokens") or TOKENS)
+        for _ in range(count):
+            time.sleep(ENGINE.token_time())
+        text = "".join(f"tok{i} " for i in range(count))
+        if kind == "responses":
+            return {"id": "resp_1", "object": "response", "model": model, "status": "completed",
+                    "output": [{"type": "message", "role": "assistant",
+                                "content": [{"type": "output_text", "text": text}]}],
+                    "usage": {"input_tokens": 10, "output_tokens": count, "total_tokens": 10 + count}}
+        return {"id": "msg_1", "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                "usage": {"input_tokens": 10, "output_tokens": count}}
 
     def _embed(self, kind: str, model: str, body: dict) -> None:
         inputs = body.get("input", "")
@@ -316,27 +416,45 @@ class Handler(BaseHTTPRequestHandler):
     def _generate(self, kind: str, model: str, body: dict, load: float) -> None:
         options = body.get("options") or {}
         count = int(options.get("num_predict") or body.get("max_tokens") or TOKENS)
+        # An empty prompt only loads the model, or with keep_alive 0 unloads it
+        # (server/routes.go GenerateHandler / ChatHandler: done_reason "load" / "unload").
+        reason = "unload" if "keep_alive" in body and parse_duration(body["keep_alive"]) == 0 else "load"
+        if reason == "unload":
+            with ENGINE.lock:
+                ENGINE.loaded.pop(model, None)
         if kind == "generate" and not body.get("prompt") and not body.get("images"):
-            # An empty prompt only loads the model: Ollama's preload.
             return self._json(200, {"model": model, "created_at": now(), "response": "", "done": True,
-                                    "done_reason": "load"})
+                                    "done_reason": reason})
         if kind == "chat" and not body.get("messages"):
             return self._json(200, {"model": model, "created_at": now(), "message": {"role": "assistant", "content": ""},
-                                    "done": True, "done_reason": "load"})
+                                    "done": True, "done_reason": reason})
         openai = kind.startswith("openai")
         stream = bool(body.get("stream", not openai))  # Ollama streams by default, OpenAI does not
         started = time.monotonic()
         if stream:
             self._start_stream("text/event-stream" if openai else "application/x-ndjson")
-        text = []
+        text: list[str] = []
+        thought: list[str] = []
+        # Thinking models think first by default (GenerateHandler: req.Think defaults to
+        # true with CapabilityThinking): the reasoning streams in `thinking` (OpenAI:
+        # `reasoning`) with empty content, then the answer.
+        thinks = model in THINKING and body.get("think", True) not in (False, "false")
+        thoughts = count // 2 if thinks else 0
         for i in range(count):
             time.sleep(ENGINE.token_time())
+            if stream and i == ERROR_AFTER:
+                # An error mid-stream is one more NDJSON line {"error": ...} (routes.go
+                # streamResponse), then the stream ends.
+                message = "an error was encountered while running the model: unexpected EOF"
+                line = {"error": {"message": message}} if openai else {"error": message}
+                self._chunk((b"data: " if openai else b"") + dumps(line).encode() + (b"\n\n" if openai else b"\n"))
+                return self._end_stream()
             token = f"tok{i} "
-            text.append(token)
+            (text if i >= thoughts else thought).append(token)
             if stream:
-                self._chunk(self._piece(kind, model, token))
+                self._chunk(self._piece(kind, model, token, thinking=i < thoughts))
         elapsed = time.monotonic() - started
-        final = self._final(kind, model, "".join(text), count, elapsed, load, stream)
+        final = self._final(kind, model, "".join(text), count, elapsed, load, stream, "".join(thought))
         if stream:
             self._chunk(final)
             if openai:
@@ -345,14 +463,23 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send(200, final, "application/json; charset=utf-8")
 
-    def _piece(self, kind: str, model: str, token: str) -> bytes:
+    def _piece(self, kind: str, model: str, token: str, thinking: bool = False) -> bytes:
+        content, thought = ("", token) if thinking else (token, None)
         if kind == "generate":
-            return dumps({"model": model, "created_at": now(), "response": token, "done": False}).encode() + b"\n"
+            piece = {"model": model, "created_at": now(), "response": content, "done": False}
+            if thought:
+                piece["thinking"] = thought
+            return dumps(piece).encode() + b"\n"
         if kind == "chat":
-            return dumps({"model": model, "created_at": now(), "message": {"role": "assistant", "content": token},
-                               "done": False}).encode() + b"\n"
+            message = {"role": "assistant", "content": content}
+            if thought:
+                message["thinking"] = thought
+            return dumps({"model": model, "created_at": now(), "message": message, "done": False}).encode() + b"\n"
         if kind == "openai-chat":
-            choice = {"index": 0, "delta": {"role": "assistant", "content": token}, "finish_reason": None}
+            delta = {"role": "assistant", "content": content}
+            if thought:
+                delta["reasoning"] = thought
+            choice = {"index": 0, "delta": delta, "finish_reason": None}
             obj = "chat.completion.chunk"
         else:
             choice = {"index": 0, "text": token, "finish_reason": None}
@@ -360,7 +487,8 @@ class Handler(BaseHTTPRequestHandler):
         return b"data: " + dumps({"id": "chatcmpl-1", "object": obj, "created": int(time.time()), "model": model,
                                        "system_fingerprint": "fp_ollama", "choices": [choice]}).encode() + b"\n\n"
 
-    def _final(self, kind: str, model: str, text: str, count: int, elapsed: float, load: float, stream: bool) -> bytes:
+    def _final(self, kind: str, model: str, text: str, count: int, elapsed: float, load: float, stream: bool,
+               thought: str = "") -> bytes:
         if kind in ("generate", "chat"):
             final = {"model": model, "created_at": now(), "done": True, "done_reason": "stop",
                      "total_duration": int((elapsed + load) * 1e9), "load_duration": int(load * 1e9),
@@ -369,13 +497,19 @@ class Handler(BaseHTTPRequestHandler):
             content = "" if stream else text
             if kind == "generate":
                 final["response"] = content
+                if thought and not stream:
+                    final["thinking"] = thought
             else:
                 final["message"] = {"role": "assistant", "content": content}
+                if thought and not stream:
+                    final["message"]["thinking"] = thought
             return dumps(final).encode() + (b"\n" if stream else b"")
         usage = {"prompt_tokens": 10, "completion_tokens": count, "total_tokens": 10 + count}
         if kind == "openai-chat":
             choice = ({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": "stop"} if stream
-                      else {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
+                      else {"index": 0, "message": {"role": "assistant", "content": text,
+                                                    **({"reasoning": thought} if thought else {})},
+                            "finish_reason": "stop"})
             obj = "chat.completion.chunk" if stream else "chat.completion"
         else:
             choice = {"index": 0, "text": "" if stream else text, "finish_reason": "stop"}
@@ -418,27 +552,77 @@ def process_age() -> float:
         return 0.0
 
 
+def log(msg: str, **attrs: object) -> None:
+    """One line as Ollama's slog text handler writes it: key=value, quoted where needed."""
+    def value(v: object) -> str:
+        text = str(v)
+        return json.dumps(text) if (not text or any(c in text for c in ' ="\\')) else text
+    fields = "".join(f" {k}={value(v)}" for k, v in attrs.items())
+    sys.stderr.write(f"time={now()} level=INFO source=fake_ollama.py msg={value(msg)}{fields}\n")
+    sys.stderr.flush()
+
+
+def box_gpus() -> list[tuple[str, str]]:
+    """The box's GPUs as (UUID, PCI id), numbered as tests/fakes/pynvml.py numbers them."""
+    count = int(os.environ.get("FAKE_OLLAMA_GPUS") or 8)
+    return [(f"GPU-{i:08x}-1111-2222-3333-444444444444", f"0000:{0x10 + i:02x}:00.0") for i in range(count)]
+
+
+def discover() -> None:
+    """discover/runner.go GPUDevices + discover/types.go LogDetails: one "inference compute"
+    line per device it will use. CUDA sees only CUDA_VISIBLE_DEVICES (by UUID or index), and
+    remapFilterIDForUserVisibleDevices puts the pin token in filter_id. Vulkan, on by default
+    since v0.30 (envconfig.EnableVulkan), ignores it and finds every GPU; the Vulkan copy of a
+    GPU CUDA already has is dropped (ml.SameBackendDevice), the others stay: the leak of
+    ollama/ollama#16508. No device at all: one `id=cpu library=cpu` line."""
+    gpus = box_gpus()
+    tokens = [t.strip() for t in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if t.strip()]
+    if "CUDA_VISIBLE_DEVICES" not in os.environ:
+        tokens = [uuid for uuid, _ in gpus]
+    cuda = []
+    for token in tokens:
+        found = [g for k, g in enumerate(gpus) if token in (g[0], str(k))]
+        cuda += [(token, *found[0])] if found else []
+    if os.environ.get("FAKE_OLLAMA_NO_CUDA") == "1":
+        cuda = []
+    vulkan_on = os.environ.get("OLLAMA_VULKAN", "").strip().lower() not in ("0", "false", "f")
+    own = {pci for _, _, pci in cuda}
+    vulkan = [(k, pci) for k, (_, pci) in enumerate(gpus) if vulkan_on and pci not in own]
+    name = "NVIDIA GeForce RTX 4090"
+    for n, (token, _uuid, pci) in enumerate(cuda):
+        log("inference compute", id=n, filter_id=token, library="CUDA", compute="8.9", name=f"CUDA{n}",
+            description=name, libdirs="ollama,cuda_v13", driver="13.0", pci_id=pci, type="discrete",
+            total="23.5 GiB", available="23.1 GiB")
+    for n, (k, pci) in enumerate(vulkan):
+        log("inference compute", id=n, filter_id=k, library="Vulkan", compute="0.0", name=f"Vulkan{n}",
+            description=name, libdirs="ollama,vulkan", driver="0.0", pci_id=pci, type="discrete",
+            total="24.0 GiB", available="23.6 GiB")
+    if not cuda and not vulkan:
+        log("inference compute", id="cpu", library="cpu", compute="", name="cpu", description="cpu",
+            libdirs="ollama", driver="", pci_id="", type="", total="62.7 GiB", available="60.1 GiB")
+
+
 def main(argv: list[str]) -> int:
     if argv[1:2] != ["serve"]:
         sys.stderr.write("usage: fake_ollama.py serve\n")
         return 1
     # SIGTERM: Ollama closes every connection at once (no drain) and exits 0.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    # The start-up delay counts from exec, like a real server's: this interpreter's own
-    # start-up is part of it rather than added to it.
-    time.sleep(max(0.0, float(os.environ.get("FAKE_OLLAMA_STARTUP_S", "0")) - process_age()))
     host, port = address()
     try:
+        # server/routes.go Serve: it binds first, logs "Listening on", then discovers the
+        # GPUs (up to 30 s per library) and only then serves: a request sent meanwhile
+        # waits in the listen backlog instead of being refused.
         server = Server((host, port), Handler)
     except OSError as exc:
         sys.stderr.write(f"Error: listen tcp {host}:{port}: bind: {exc.strerror.lower()}\n")
         return 1
     server.loopback = ipaddress.ip_address(host).is_loopback if host != "localhost" else True
-    sys.stderr.write(
-        f'time={now()} level=INFO source=routes.go msg="Listening on {host}:{port} (version {VERSION})"\n'
-        f"time={now()} level=INFO msg=\"inference compute\" CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n"
-    )
-    sys.stderr.flush()
+    log(f"Listening on {host}:{port} (version {VERSION})")
+    # The discovery time counts from exec, like a real server's: this interpreter's own
+    # start-up is part of it rather than added to it.
+    time.sleep(max(0.0, float(os.environ.get("FAKE_OLLAMA_STARTUP_S", "0")) - process_age()))
+    discover()
     server.serve_forever()
     return 0
 

@@ -43,6 +43,34 @@ def test_every_api_counts_its_tokens(api: str) -> None:
         stop(procs)
 
 
+@pytest.mark.parametrize("api", ["generate", "chat", "openai"])
+def test_a_thinking_model_counts_its_thinking(api: str) -> None:
+    """qwen3 thinks first: TTFT is its first token of any kind, the first answer token comes
+    later (TTFA), and the tokens counted are all it generated."""
+    base, procs = start_instances(1, FAKE_OLLAMA_TPS="100", OLLAMA_NUM_PARALLEL="2")
+    try:
+        result = run_load([f"http://127.0.0.1:{base}"], "qwen3", concurrency=2, requests=2, api=api, num_predict=10)
+        assert result.errors == {} and [s.tokens for s in result.samples] == [10, 10]
+        for s in result.samples:
+            assert s.ttft is not None and s.ttfa is not None
+            assert s.ttfa - s.ttft > 0.03  # five thinking tokens at 100 tokens/s come first
+        plain = run_load([f"http://127.0.0.1:{base}"], "llama3.2", concurrency=1, requests=1, api=api, num_predict=4)
+        assert plain.samples[0].ttft == plain.samples[0].ttfa
+        assert set(result.summary()["ttfa_ms"]) == {"p50", "p95", "p99"}
+    finally:
+        stop(procs)
+
+
+@pytest.mark.parametrize("api", ["generate", "openai"])
+def test_an_error_in_the_stream_is_counted_under_its_own_message(api: str) -> None:
+    base, procs = start_instances(1, FAKE_OLLAMA_TPS="1000", FAKE_OLLAMA_ERROR_AFTER="3")
+    try:
+        result = run_load([f"http://127.0.0.1:{base}"], "llama3.2", concurrency=1, requests=2, api=api, num_predict=10)
+        assert result.errors == {"error: an error was encountered while running the model: unexpected EOF": 2}
+    finally:
+        stop(procs)
+
+
 def test_duration_mode_and_per_request_lengths() -> None:
     base, procs = start_instances(1, FAKE_OLLAMA_TPS="1000", OLLAMA_NUM_PARALLEL="2")
     try:

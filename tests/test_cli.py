@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from ollama_fleet import __version__
 from ollama_fleet.cli import app
-from tests.conftest import subprocess_env
+from tests.conftest import CONSOLE_SCRIPT, subprocess_env
 
 runner = CliRunner()
 
@@ -72,7 +72,8 @@ def test_plan_json_schema(nvml, models_dir: Path, tmp_path: Path) -> None:
     assert [i["port"] for i in data["instances"]] == [11534, 11535, 11536, 11537]
     first = data["instances"][0]
     assert set(first) == {"name", "gpus", "host", "port", "env", "log"}
-    assert first["gpus"] == [{"index": 0, "uuid": "GPU-00000000-1111-2222-3333-444444444444", "mig": None}]
+    assert first["gpus"] == [{"index": 0, "uuid": "GPU-00000000-1111-2222-3333-444444444444", "mig": None,
+                              "pci_bus_id": "00000000:10:00.0"}]
     assert first["env"]["OLLAMA_HOST"] == "127.0.0.1:11534"
     assert first["log"] == str(tmp_path / "state" / "logs" / "gpu0.log")
     assert data["models"] == {}
@@ -86,7 +87,7 @@ def test_plan_env_is_what_the_fleet_sets_never_the_callers(nvml, models_dir: Pat
     result = run("plan", "--json")
     assert "hunter2" not in result.stdout
     assert set(json.loads(result.stdout)["instances"][0]["env"]) == {
-        "CUDA_VISIBLE_DEVICES", "OLLAMA_HOST", "OLLAMA_MODELS", "OLLAMA_KEEP_ALIVE", "OLLAMA_NOPRUNE",
+        "CUDA_VISIBLE_DEVICES", "OLLAMA_HOST", "OLLAMA_MODELS", "OLLAMA_KEEP_ALIVE", "OLLAMA_VULKAN",
     }
 
 
@@ -177,11 +178,12 @@ def test_several_bad_fields_give_one_line_each(nvml, models_dir: Path) -> None:
 def test_console_script_and_module_run(tmp_path: Path) -> None:
     """The installed entry points, in real subprocesses, with the fake NVML on the path."""
     env = subprocess_env(FAKE_NVML_GPUS="8", OLLAMA_FLEET_MODELS_DIR=str(tmp_path))
-    for argv in (["ollama-fleet"], [sys.executable, "-m", "ollama_fleet"]):
+    assert CONSOLE_SCRIPT.is_file(), f"{CONSOLE_SCRIPT}: the package is not installed in this environment"
+    for argv in ([str(CONSOLE_SCRIPT)], [sys.executable, "-m", "ollama_fleet"]):
         proc = subprocess.run([*argv, "plan", "--gpus", "0,1,2,3", "--json"], env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert [i["port"] for i in json.loads(proc.stdout)["instances"]] == [11534, 11535, 11536, 11537]
-    proc = subprocess.run(["ollama-fleet", "plan", "--base-port", "x"], env=env, capture_output=True, text=True)
+    proc = subprocess.run([str(CONSOLE_SCRIPT), "plan", "--base-port", "x"], env=env, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: base_port: Input should be a valid integer, unable to parse string as an integer (got 'x') [from --base-port]"

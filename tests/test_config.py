@@ -111,3 +111,24 @@ def test_reference_table_lists_every_setting() -> None:
 def test_readme_reference_matches_the_model() -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert reference_table() in readme, "README settings reference drifted: paste config.reference_table()"
+
+
+@pytest.mark.parametrize(
+    ("flags", "field"),
+    [
+        ({"preload": "qwen3", "keep_alive": "0"}, "keep_alive"),
+        ({"preload": "qwen3", "keep_alive": "0m0s"}, "keep_alive"),
+        ({"models": ["qwen3=gpu0"], "keep_alive": "0"}, "keep_alive"),
+    ],
+)
+def test_a_zero_keep_alive_with_a_preload_is_bad_input(flags: dict, field: str, tmp_path: Path) -> None:
+    """Ollama unloads a model after every request with keep_alive 0: a preload would load it
+    and unload it at once (done_reason "unload"), and `up` would count it loaded."""
+    with pytest.raises(BadInput) as info:
+        load_config(flags, environ={}, cwd=tmp_path)
+    assert info.value.exit_code == EXIT_BAD_INPUT
+    assert info.value.lines[0].startswith(f"{field}: 0 unloads a model after every request")
+    assert load_config({"keep_alive": "0"}, environ={}, cwd=tmp_path).keep_alive == "0"  # without a preload: fine
+    toml = tmp_path / "placed.toml"
+    toml.write_text('keep_alive = "0"\n[models]\nqwen3 = { instances = ["gpu0"], keep_alive = "-1" }\n')
+    assert load_config({}, config_path=toml, environ={}, cwd=tmp_path).keep_alive == "0"  # its own keep-alive

@@ -50,9 +50,16 @@ def test_generate_streams_ndjson_ending_with_done(fake) -> None:
 
 def test_chat_stream_false_is_one_object(fake) -> None:
     url, _ = fake(FAKE_OLLAMA_TOKENS="3")
-    body = httpx.post(url + "/api/chat", json={"model": "qwen3", "messages": [{"role": "user", "content": "x"}],
+    body = httpx.post(url + "/api/chat", json={"model": "llama3.2", "messages": [{"role": "user", "content": "x"}],
                                               "stream": False}).json()
     assert body["done"] is True and body["message"]["content"] == "tok0 tok1 tok2 "
+    # qwen3 thinks by default: the reasoning in `thinking`, the answer after it.
+    body = httpx.post(url + "/api/chat", json={"model": "qwen3", "messages": [{"role": "user", "content": "x"}],
+                                              "stream": False}).json()
+    assert body["message"] == {"role": "assistant", "content": "tok1 tok2 ", "thinking": "tok0 "}
+    body = httpx.post(url + "/api/chat", json={"model": "qwen3", "messages": [{"role": "user", "content": "x"}],
+                                              "stream": False, "think": False}).json()
+    assert body["message"] == {"role": "assistant", "content": "tok0 tok1 tok2 "}
 
 
 def test_openai_chat_streams_sse_ending_with_done_marker(fake) -> None:
@@ -63,7 +70,9 @@ def test_openai_chat_streams_sse_ending_with_done_marker(fake) -> None:
         events = [line for line in response.iter_lines() if line]
     assert all(e.startswith("data: ") for e in events)
     assert events[-1] == "data: [DONE]"
-    assert json.loads(events[0][6:])["choices"][0]["delta"]["content"] == "tok0 "
+    # A thinking model: the reasoning field first, with empty content.
+    assert json.loads(events[0][6:])["choices"][0]["delta"] == {"role": "assistant", "content": "", "reasoning": "tok0 "}
+    assert json.loads(events[1][6:])["choices"][0]["delta"]["content"] == "tok1 "
 
 
 def test_unknown_model_is_ollamas_404(fake) -> None:

@@ -156,10 +156,12 @@ def test_model_writing_paths_go_to_the_first_instance(four) -> None:
 def test_official_ollama_client_through_the_gateway(four) -> None:
     client = ollama.Client(host=four.url)
     assert "qwen3:latest" in [m.model for m in client.list().models]
-    assert client.generate(model="qwen3", prompt="hi").response.startswith("tok0")
-    parts = [part.message.content for part in client.chat(model="qwen3", messages=[{"role": "user", "content": "x"}],
+    answer = client.generate(model="qwen3", prompt="hi")  # qwen3 thinks first, as Ollama's does
+    assert answer.thinking == "tok0 tok1 tok2 tok3 tok4 " and answer.response.startswith("tok5")
+    parts = [part.message.content for part in client.chat(model="llama3.2", messages=[{"role": "user", "content": "x"}],
                                                           stream=True)]
     assert "".join(parts).startswith("tok0 tok1")
+    assert client.embed(model="nomic-embed-text", input="x").embeddings == [[0.1, 0.2, 0.3]]
 
 
 def test_allowlist_forbids_other_clients(engine: str) -> None:

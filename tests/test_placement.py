@@ -4,6 +4,7 @@ the request body's model, shown by status. Real haproxy, fake Ollama instances."
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -42,9 +43,10 @@ def requests_for(model: str) -> list[tuple[str, dict]]:
             ("/v1/chat/completions", {"model": model, "messages": chat, "stream": stream}),
             ("/v1/completions", {"model": model, "prompt": "x", "stream": stream}),
         ]
+    if "embed" in model:  # an embedding model only embeds: generate and chat are a 400
+        calls = []
     return calls + [
         ("/api/embed", {"model": model, "input": "x"}),
-        ("/api/show", {"model": model}),
         ("/v1/embeddings", {"model": model, "input": "x"}),
     ]
 
@@ -63,6 +65,46 @@ def test_each_placed_model_reaches_only_its_group_on_every_api(routed, model: st
         assert set(seen) == PLACED[model], (model, seen)
     else:  # an unplaced model may go anywhere: over 45 requests it went to more than a group
         assert len(seen) >= 3, seen
+
+
+@pytest.mark.parametrize("spelling", ["Qwen3", "library/qwen3", "registry.ollama.ai/library/qwen3:latest", "QWEN3:LATEST"])
+def test_every_spelling_ollama_accepts_routes_to_the_placement(routed, spelling: str) -> None:
+    """Ollama fills in the default host, namespace and tag and ignores case
+    (types/model/name.go); so does the gateway, on every route that carries a model,
+    /v1/responses and /v1/messages included."""
+    seen: Counter = Counter()
+    for _ in range(4):
+        for path, body in [("/api/generate", {"model": spelling, "prompt": "x", "stream": False}),
+                           ("/v1/responses", {"model": spelling, "input": "x"}),
+                           ("/v1/messages", {"model": spelling, "max_tokens": 8,
+                                             "messages": [{"role": "user", "content": "x"}]})]:
+            response = httpx.post(routed.url + path, json=body, timeout=30)
+            assert response.status_code == 200, (path, response.text)
+            seen[response.headers["x-fleet-instance"]] += 1
+    assert set(seen) == PLACED["qwen3"], seen
+
+
+def test_metadata_never_waits_behind_a_generation(routed) -> None:
+    """Every slot of the qwen3 group busy with long generations, and more queued: /api/tags,
+    /api/ps, /api/version, /api/show and / still answer at once (their backend has no
+    maxconn), from any instance."""
+    import threading
+
+    body = {"model": "qwen3", "prompt": "x", "stream": False, "options": {"num_predict": 4000}}  # 2 s each
+    threads = [threading.Thread(target=httpx.post, args=(routed.url + "/api/generate",), daemon=True,
+                                kwargs={"json": body, "timeout": 60}) for _ in range(12)]  # 8 slots, 4 queued
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    for path in ("/api/tags", "/api/ps", "/api/version", "/"):
+        started = time.monotonic()
+        assert httpx.get(routed.url + path, timeout=5).status_code == 200
+        assert time.monotonic() - started < 1.0, path  # a queued request would wait 2 s or more
+    started = time.monotonic()
+    assert httpx.post(routed.url + "/api/show", json={"model": "qwen3"}, timeout=5).status_code == 200
+    assert time.monotonic() - started < 1.0
+    for thread in threads:
+        thread.join(timeout=60)
 
 
 def test_other_paths_go_to_any_instance(routed) -> None:
@@ -94,8 +136,9 @@ def test_unknown_instances_and_empty_groups_are_exit_2(nvml, tmp_path: Path) -> 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and "models.qwen3:8b.instances: empty" in lines[0]
     assert "'gpu0-1' is not an instance name" in lines[1] and "ranges are not accepted" in lines[1]
-    same = CliRunner().invoke(app, ["plan", "--models", "qwen3=gpu0", "--models", "qwen3:latest=gpu1"])
-    assert same.exit_code == 2 and "the same model" in same.stderr
+    for other in ("qwen3:latest", "Library/Qwen3", "registry.ollama.ai/library/qwen3:latest"):
+        same = CliRunner().invoke(app, ["plan", "--models", "qwen3=gpu0", "--models", f"{other}=gpu1"])
+        assert same.exit_code == 2 and "Ollama reads both names as 'qwen3:latest'" in same.stderr, same.stderr
 
 
 def test_nginx_refuses_a_placement_naming_haproxy(nvml, fleet) -> None:

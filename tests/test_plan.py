@@ -63,15 +63,18 @@ def test_leftover_gpus_are_reported(tmp_path: Path) -> None:
 
 def test_environment_of_an_instance(tmp_path: Path) -> None:
     cfg = config(tmp_path, base_port="12000", keep_alive="15s", env=["OLLAMA_NUM_PARALLEL=4"])
-    inst = plan(cfg, discovery(2), MODELS).instances[1]
+    writer, inst = plan(cfg, discovery(2), MODELS).instances
     assert inst.env == {
         "CUDA_VISIBLE_DEVICES": uuid(1),
         "OLLAMA_HOST": "127.0.0.1:12001",
         "OLLAMA_MODELS": "/srv/models",
         "OLLAMA_KEEP_ALIVE": "15s",
-        "OLLAMA_NOPRUNE": "1",
+        "OLLAMA_VULKAN": "0",  # Vulkan ignores CUDA_VISIBLE_DEVICES
+        "OLLAMA_NOPRUNE": "1",  # never prunes a pull the writer has in flight
         "OLLAMA_NUM_PARALLEL": "4",
     }
+    # The writer (every pull goes to it) prunes at its own start.
+    assert "OLLAMA_NOPRUNE" not in writer.env and writer.env["OLLAMA_VULKAN"] == "0"
     assert inst.log == tmp_path / "logs" / "gpu1.log"
     assert (inst.host, inst.port) == ("127.0.0.1", 12001)
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,8 @@ from ollama_fleet.config import load_config
 from ollama_fleet.gpus import Discovery, Gpu
 from ollama_fleet.plan import ModelsDir, plan
 from ollama_fleet.state import DESIRED, Desired, read_actual, read_gateway, write_model
-from ollama_fleet.status import gather, prometheus
-from tests.conftest import free_port_range, require_tool, start_instances, stop, subprocess_env
+from ollama_fleet.status import expires_in, gather, parse_rfc3339, prometheus
+from tests.conftest import FAKES, fake_pynvml, free_port_range, require_tool, start_instances, stop, subprocess_env
 
 
 def status(fleet, *args: str) -> tuple[int, dict]:
@@ -96,6 +97,23 @@ def test_prometheus_output_parses_with_one_sample_per_instance(fleet) -> None:
     out = fleet.state.parent / "fleet.prom"
     assert fleet.run("status", "--format", "prometheus", "-o", str(out)).returncode == 0
     assert {f.name for f in text_string_to_metric_families(out.read_text())} == set(families)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2026-11-29T10:00:00.123456789+01:00", "2026-11-29T09:00:00.1234567Z", "2026-11-29T10:00:00+01:00",
+     "2026-11-29T04:00:00.5-05:00"],
+)
+def test_expiry_in_gos_rfc3339_nano_is_read_on_every_python(text: str) -> None:
+    """Ollama writes expires_at with up to 9 fractional digits and its local offset, which
+    Python 3.10's fromisoformat rejects (CI runs this under every Python it has)."""
+    when = parse_rfc3339(text)
+    assert when is not None
+    assert when.astimezone(timezone.utc).replace(microsecond=0) == datetime(2026, 11, 29, 9, 0, tzinfo=timezone.utc)
+    assert expires_in(text, now=datetime(2026, 11, 29, 8, 59, tzinfo=timezone.utc)) == pytest.approx(
+        60 + when.microsecond / 1e6)
+    assert expires_in("2316-01-01T00:00:00.1+01:00") is None  # kept forever
+    assert parse_rfc3339("soon") is None
 
 
 def test_label_values_are_escaped() -> None:
@@ -175,6 +193,43 @@ def test_a_systemd_installed_fleet_is_found_through_its_manifest(tmp_path: Path)
         assert [i.pid for i in report.instances] == [p.pid for p in procs]
         assert all(i.uptime_s is not None and i.restarts is None for i in report.instances)
         assert report.gateway.engine is None and report.gateway.reason == "not installed"
+    finally:
+        stop(procs)
+
+
+def test_a_systemd_instance_on_a_foreign_gpu_is_unhealthy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a systemd fleet the devices come from the journal of the unit's current run
+    (fake systemctl and journalctl here): gpu0 logged its own GPU, gpu1 also a neighbour's
+    through Vulkan, which makes it unhealthy while it answers."""
+    base, procs = start_instances(2)
+    root = tmp_path / "root"
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    started = 'time=2026-11-29T10:00:00.1+01:00 level=INFO source=routes.go:2008 msg="Listening on 127.0.0.1:1 (version 0.33.0)"'
+    line = ('time=2026-11-29T10:00:01.123456789+01:00 level=INFO source=types.go:42 msg="inference compute" id={id} '
+            'filter_id={filter} library={library} compute=8.9 name={library}{id} description="NVIDIA GeForce RTX 4090" '
+            'libdirs=ollama,cuda_v13 driver=13.0 pci_id={pci} type=discrete total="23.5 GiB" available="23.1 GiB"')
+    (journal / "ollama-fleet@gpu0.service.log").write_text("\n".join([
+        started, line.format(id=0, filter=fake_pynvml.uuid_of(0), library="CUDA", pci="0000:10:00.0")]) + "\n")
+    (journal / "ollama-fleet@gpu1.service.log").write_text("\n".join([
+        started, line.format(id=0, filter=fake_pynvml.uuid_of(1), library="CUDA", pci="0000:11:00.0"),
+        line.format(id=0, filter=0, library="Vulkan", pci="0000:10:00.0")]) + "\n")
+    monkeypatch.setenv("PATH", f"{FAKES / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_JOURNAL_DIR", str(journal))
+    monkeypatch.setenv("FAKE_NVML_GPUS", "2")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "ollama_fleet", "install-systemd", "--root", str(root), "--no-gateway",
+             "--ollama-bin", sys.executable, "--base-port", str(base), "--models-dir", str(tmp_path)],
+            env=subprocess_env(FAKE_NVML_GPUS="2"), capture_output=True, text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        report = gather(tmp_path / "no-up-state", 2.0, system_root=root)
+        gpu0, gpu1 = report.instances
+        assert gpu0.healthy and gpu0.devices == [f"CUDA {fake_pynvml.uuid_of(0)} (0000:10:00.0)"]
+        assert not gpu1.healthy and gpu1.version is not None
+        assert gpu1.error is not None and "sees Vulkan 0 (0000:10:00.0) beyond its pin" in gpu1.error
+        assert not report.healthy
     finally:
         stop(procs)
 

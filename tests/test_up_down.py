@@ -6,14 +6,16 @@ import json
 import os
 import signal
 import socket
+import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 import psutil
 
-from tests.conftest import fake_pynvml
+from tests.conftest import FAKE_OLLAMA, fake_pynvml
 
 
 def env_of(url: str) -> dict:
@@ -46,16 +48,62 @@ def answers(url: str) -> bool:
 
 
 def test_each_instance_sees_its_pinned_environment(fleet) -> None:
-    result = fleet.run("up", "--env", "OLLAMA_NUM_PARALLEL=2", "--keep-alive", "15s")
+    """The fleet's keys, [env], and of the caller's environment only the documented few:
+    a stray OLLAMA_* or *_VISIBLE_DEVICES in the operator's shell is named, never passed."""
+    result = fleet.run(
+        "up", "--env", "OLLAMA_NUM_PARALLEL=2", "--keep-alive", "15s",
+        OLLAMA_NUM_PARALLEL="7", OLLAMA_ORIGINS="http://evil", HIP_VISIBLE_DEVICES="1", CUDA_VISIBLE_DEVICES="3",
+        SOME_SECRET="s3cret", LC_ALL="C.UTF-8", HTTPS_PROXY="http://proxy.invalid:3128",
+    )
     assert result.returncode == 0, result.stderr
+    warning = next(line for line in result.stderr.splitlines() if "do not inherit" in line)
+    for name in ("HIP_VISIBLE_DEVICES", "OLLAMA_ORIGINS", "--env OLLAMA_ORIGINS=$OLLAMA_ORIGINS", "--gpus"):
+        assert name in warning, warning
+    assert "OLLAMA_NUM_PARALLEL" not in warning  # passed with --env on purpose
+    assert "s3cret" not in result.stderr + result.stdout and "evil" not in result.stderr
     for k in range(2):
         env = env_of(fleet.url(k))
         assert env["CUDA_VISIBLE_DEVICES"] == fake_pynvml.uuid_of(k)
         assert env["OLLAMA_HOST"] == f"127.0.0.1:{fleet.base_port + k}"
         assert env["OLLAMA_MODELS"] == str(fleet.models)
         assert env["OLLAMA_KEEP_ALIVE"] == "15s"
-        assert env["OLLAMA_NOPRUNE"] == "1"
+        assert env["OLLAMA_VULKAN"] == "0"
+        # The writer (first instance) prunes at its own start; every other one never does.
+        assert env.get("OLLAMA_NOPRUNE") == (None if k == 0 else "1")
         assert env["OLLAMA_NUM_PARALLEL"] == "2"
+        assert env["LC_ALL"] == "C.UTF-8" and env["HTTPS_PROXY"] == "http://proxy.invalid:3128"
+        assert "PATH" in env and "HOME" in env
+        for stray in ("OLLAMA_ORIGINS", "HIP_VISIBLE_DEVICES", "SOME_SECRET", "PYTHONPATH", "OLLAMA_FLEET_STATE_DIR"):
+            assert stray not in env, stray
+
+
+def test_up_fails_when_an_instance_is_not_on_its_own_gpu(fleet, tmp_path: Path) -> None:
+    """An Ollama that ignores OLLAMA_VULKAN (as every release since 0.30 would without it)
+    sees its neighbours' GPUs through Vulkan; one whose CUDA library fails runs on the CPU.
+    `up` reads each instance's own "inference compute" lines and fails, naming it."""
+    leaky = tmp_path / "ollama-leaky"
+    leaky.write_text(f"#!/bin/sh\nunset OLLAMA_VULKAN\nexec {sys.executable} {FAKE_OLLAMA} \"$@\"\n")
+    leaky.chmod(0o755)
+    result = fleet.run("up", "--ollama-bin", str(leaky), "--env", "FAKE_OLLAMA_GPUS=2")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"gpu0 sees Vulkan 1 \(0000:11:00\.0\) beyond its pin", result.stderr), result.stderr
+    assert re.search(r"gpu1 sees Vulkan 0 \(0000:10:00\.0\) beyond its pin", result.stderr), result.stderr
+    fleet.run("down", "--timeout", "2")
+
+    result = fleet.run("up", "--env", "FAKE_OLLAMA_NO_CUDA=1")
+    assert result.returncode == 1
+    assert "gpu0 runs on the CPU" in result.stderr and "gpu1 runs on the CPU" in result.stderr, result.stderr
+
+
+def test_status_shows_each_instances_devices(fleet) -> None:
+    assert fleet.run("up", "--env", "FAKE_OLLAMA_GPUS=2").returncode == 0
+    report = json.loads(fleet.run("status", "--json").stdout)
+    devices = {i["name"]: i["devices"] for i in report["instances"]}
+    assert devices == {
+        "gpu0": [f"CUDA {fake_pynvml.uuid_of(0)} (0000:10:00.0)"],
+        "gpu1": [f"CUDA {fake_pynvml.uuid_of(1)} (0000:11:00.0)"],
+    }
+    assert report["healthy"] is True
 
 
 def test_without_nvml_instances_are_pinned_by_index(fleet) -> None:

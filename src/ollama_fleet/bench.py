@@ -21,10 +21,11 @@ PATHS: dict[str, str] = {"generate": "/api/generate", "chat": "/api/chat", "open
 @dataclass
 class Sample:
     status: int  # HTTP status; 0 when there was none (see `error`)
-    error: str | None = None  # "HTTP 404", "connection refused", "stream cut", ...
-    ttft: float | None = None  # seconds to the first token
+    error: str | None = None  # "HTTP 404", "connection refused", "stream cut", the model's own error, ...
+    ttft: float | None = None  # seconds to the first generated token, of thinking or of the answer
+    ttfa: float | None = None  # seconds to the first token of the answer (after any thinking)
     latency: float = 0.0  # seconds to the end of the reply
-    tokens: int = 0  # eval_count of the last line, or content chunks (OpenAI API)
+    tokens: int = 0  # eval_count of the last line, or streamed chunks (OpenAI API): thinking included
     instance: str | None = None  # X-Fleet-Instance: which instance the gateway chose
 
 
@@ -47,6 +48,9 @@ class BenchResult:
 
     def ttft(self, q: float) -> float:
         return quantile([s.ttft for s in self.ok if s.ttft is not None], q)
+
+    def ttfa(self, q: float) -> float:
+        return quantile([s.ttfa for s in self.ok if s.ttfa is not None], q)
 
     def latency(self, q: float) -> float:
         return quantile([s.latency for s in self.ok], q)
@@ -71,6 +75,7 @@ class BenchResult:
             "tokens_per_s": round(self.tokens_per_s, 2),
             "tokens": sum(s.tokens for s in self.ok),
             "ttft_ms": {f"p{q}": ms(self.ttft(q / 100)) for q in (50, 95, 99)},
+            "ttfa_ms": {f"p{q}": ms(self.ttfa(q / 100)) for q in (50, 95, 99)},
             "latency_ms": {f"p{q}": ms(self.latency(q / 100)) for q in (50, 99)},
             "errors": dict(self.errors),
             "split": {name or "-": n for name, n in sorted(self.split.items(), key=lambda kv: kv[0] or "")},
@@ -96,19 +101,38 @@ def _body(api: Api, model: str, prompt: str, num_predict: int | None) -> dict[st
     return body
 
 
-def _piece(api: Api, line: str) -> tuple[str, dict | None]:
-    """(text of this streamed line, the final object if this line ends the reply)."""
+@dataclass
+class Piece:
+    """One streamed line: its answer text, its thinking, the final object if it ends the
+    reply, and the error Ollama put in the stream instead of more tokens."""
+
+    text: str = ""
+    thinking: str = ""
+    final: dict | None = None
+    error: str | None = None
+
+
+def _piece(api: Api, line: str) -> Piece:
+    """Thinking models (qwen3 ...) stream their reasoning first, in `thinking` (the OpenAI
+    API: `reasoning`) with empty content; an error mid-stream is a line {"error": ...}."""
     if api == "openai":
         if not line.startswith("data:"):
-            return "", None
+            return Piece()
         payload = line[5:].strip()
         if payload == "[DONE]":
-            return "", {}
-        choice = (json.loads(payload).get("choices") or [{}])[0]
-        return (choice.get("delta") or {}).get("content") or "", None
+            return Piece(final={})
+        data = json.loads(payload)
+        if "error" in data:
+            error = data["error"]
+            return Piece(error=str(error.get("message", error) if isinstance(error, dict) else error))
+        delta = ((data.get("choices") or [{}])[0]).get("delta") or {}
+        return Piece(text=delta.get("content") or "", thinking=delta.get("reasoning") or delta.get("reasoning_content") or "")
     data = json.loads(line)
-    text = data.get("response", "") if api == "generate" else (data.get("message") or {}).get("content", "")
-    return text or "", data if data.get("done") else None
+    if "error" in data:
+        return Piece(error=str(data["error"]))
+    where = data if api == "generate" else (data.get("message") or {})
+    text = where.get("response" if api == "generate" else "content") or ""
+    return Piece(text=text, thinking=where.get("thinking") or "", final=data if data.get("done") else None)
 
 
 def _describe(exc: Exception) -> str:
@@ -142,15 +166,22 @@ async def _one(client: Any, url: str, api: Api, model: str, prompt: str, num_pre
                 async for line in response.aiter_lines():
                     if not line.strip():
                         continue
-                    text, final = _piece(api, line)
-                    if text:
-                        if sample.ttft is None:
-                            sample.ttft = time.perf_counter() - started
+                    piece = _piece(api, line)
+                    if piece.error is not None:
+                        sample.error = f"error: {piece.error[:120]}"  # the model's own words
+                        break
+                    if piece.text or piece.thinking:
+                        now = time.perf_counter() - started
+                        sample.ttft = now if sample.ttft is None else sample.ttft
+                        if piece.text and sample.ttfa is None:
+                            sample.ttfa = now
                         if api == "openai":
-                            sample.tokens += 1  # one content chunk is one token in Ollama's OpenAI layer
-                    if final is not None:
-                        done = final
-                if done is None:
+                            sample.tokens += 1  # one chunk is one token in Ollama's OpenAI layer
+                    if piece.final is not None:
+                        done = piece.final
+                if sample.error is not None:
+                    pass
+                elif done is None:
                     sample.error = "stream cut"  # the reply ended without its last line
                 elif api != "openai":
                     sample.tokens = int(done.get("eval_count", 0))

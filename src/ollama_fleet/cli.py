@@ -20,11 +20,12 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
-from ollama_fleet import __version__, probe
-from ollama_fleet.config import FleetConfig, checked_path, load_config, normalize_model
+from ollama_fleet import __version__, pinning, probe
+from ollama_fleet.config import RESERVED_ENV, FleetConfig, checked_path, load_config
+from ollama_fleet.names import canonical
 from ollama_fleet.errors import BadInput, FleetError, Missing, UserError
 from ollama_fleet.gpus import Discovery, resolve
-from ollama_fleet.plan import Plan, inspect_models_dir, loads, plan, plan_json
+from ollama_fleet.plan import Plan, ignored_env, inspect_models_dir, loads, plan, plan_json
 from ollama_fleet.gateway import (
     Engine,
     GatewaySpec,
@@ -302,6 +303,7 @@ def up_command(
     result = _plan(cfg)
     assert cfg.state_dir is not None
     home = cfg.state_dir
+    _warn_ignored_env(cfg)
     previous = read_desired(home)
     new = Desired(
         instances=result.instances, ollama_bin=resolve_binary(cfg.ollama_bin), user=run_as(cfg, result),
@@ -355,6 +357,13 @@ def up_command(
                 cfg.wait_timeout, tick,
                 lambda n, total: status.update(f"waiting for instances: {n}/{total} answer"),
             )
+        wrong, unverified = pinning.check(new.instances, ready.devices)
+        for name, why in wrong.items():  # never preload onto a neighbour's GPU or the CPU
+            ready.failed[name] = with_log_tail(why, next(i.log for i in new.instances if i.name == name))
+            ready.versions.pop(name, None)
+        if unverified:
+            warn(f"{', '.join(unverified)}: Ollama logged no \"inference compute\" line, so the GPUs each uses "
+                 "are not verified (this Ollama does not log them)")
         preload_failures = probe.preload(
             {i.name: i.address for i in new.instances if i.name in ready.versions},
             list(new.loads), timeout=max(cfg.wait_timeout, 300),
@@ -394,6 +403,22 @@ def up_command(
         warn(problem)
     out.print("supervising; Ctrl-C stops every instance")
     raise typer.Exit(supervisor.run())
+
+
+def _warn_ignored_env(cfg: FleetConfig) -> None:
+    """Name the caller's OLLAMA_* / *_VISIBLE_DEVICES that instances will not see, and how to
+    pass each on purpose (by reference: a value may be a secret)."""
+    ignored = [k for k in ignored_env(os.environ) if k not in cfg.env]
+    if not ignored:
+        return
+    how = [
+        f"{k} (the fleet sets it: use --{RESERVED_ENV[k].replace('_', '-')})"
+        if k in RESERVED_ENV and " " not in RESERVED_ENV[k] else
+        f"{k} (the fleet sets it)" if k in RESERVED_ENV else f"--env {k}=${k}"
+        for k in ignored
+    ]
+    warn("instances do not inherit these variables from your environment: " + ", ".join(ignored)
+         + "; to pass one on purpose: " + ", ".join(how))
 
 
 def _gateway_plan(cfg: FleetConfig, result: Plan, explicit: bool) -> tuple[Engine | None, GatewaySpec | None]:
@@ -548,9 +573,13 @@ def _render_gateway(name: str, cfg: FleetConfig, *, output: Path | None, standal
         warn(message)
     engine = engine_named(name)
     user = worker_user(run_as(cfg, result)) if standalone else None
-    content = engine.render(spec, standalone=standalone, prefix=root, user=user)
+    target = output.absolute() if output is not None else None
+    content = engine.render(spec, standalone=standalone, prefix=root, user=user, config=target)
     if check:
         engine.check(content, standalone=standalone, prefix=root)
+    if standalone and (output is not None or prefix):
+        # The file runs exactly as its header says: nothing it names must be made first.
+        engine.prepare(root)
     if output is None:
         # API keys never reach stdout; -o FILE writes them (mode 0640).
         print(engine.render(spec.redacted(), standalone=standalone, prefix=root, user=user), end="")
@@ -655,7 +684,7 @@ def _status_view(report: Any) -> Group:
         )
         for m in i.models:
             left = expires_in(m.expires_at)
-            stray = normalize_model(m.name) in i.stray
+            stray = canonical(m.name) in i.stray
             mark = Text("stray: placed elsewhere", style="bold yellow") if stray else ("placed" if i.placed else "")
             models.add_row(i.name, m.name, _size(m.size_vram), "never" if left is None else _duration(left),
                            *([mark] if placement else []))
@@ -802,6 +831,9 @@ def _print_bench(s: dict[str, Any]) -> None:
     table.add_row("generated tokens/s", f"{s['tokens_per_s']:.1f}")
     for q, v in s["ttft_ms"].items():
         table.add_row(f"time to first token {q}", ms(v))
+    if s["ttfa_ms"] != s["ttft_ms"]:  # a thinking model: its answer starts after the reasoning
+        for q, v in s["ttfa_ms"].items():
+            table.add_row(f"time to first answer token {q}", ms(v))
     for q, v in s["latency_ms"].items():
         table.add_row(f"latency {q}", ms(v))
     out.print(table)

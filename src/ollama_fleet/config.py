@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from ollama_fleet.errors import BadInput
+from ollama_fleet.names import canonical
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,7 +37,8 @@ RESERVED_ENV = {
     "OLLAMA_HOST": "base_port",
     "OLLAMA_MODELS": "models_dir",
     "OLLAMA_KEEP_ALIVE": "keep_alive",
-    "OLLAMA_NOPRUNE": "none: the fleet always sets OLLAMA_NOPRUNE=1 so a restart never deletes a pull",
+    "OLLAMA_VULKAN": "none: the fleet sets OLLAMA_VULKAN=0, since Vulkan ignores CUDA_VISIBLE_DEVICES",
+    "OLLAMA_NOPRUNE": "none: every instance but the writer runs with OLLAMA_NOPRUNE=1 so a restart never deletes a pull",
 }
 
 # Go's time.ParseDuration grammar ("1h30m", "15s", "-1m") or whole seconds ("3600", "-1"):
@@ -77,15 +79,16 @@ def _keep_alive(value: str) -> str:
     return value
 
 
+def unloads_at_once(keep_alive: str) -> bool:
+    """A keep-alive of zero ("0", "0s", "0m0s"): Ollama unloads the model after every request,
+    so a preload loads it and unloads it at once (it answers done_reason "unload")."""
+    return all(float(number) == 0 for number in re.findall(r"\d+(?:\.\d*)?|\.\d+", keep_alive))
+
+
 def _model(value: str) -> str:
     if not _MODEL.fullmatch(value):
         raise ValueError("not a valid model name")
     return value
-
-
-def normalize_model(name: str) -> str:
-    """`qwen3` is `qwen3:latest` (Ollama's default tag); `host:5000/m` has no tag yet."""
-    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
 
 
 _INSTANCE = re.compile(r"gpu\d+(_\d+)*(-mig\d+)?")
@@ -285,9 +288,9 @@ class FleetConfig(BaseModel):
         result: dict[str, Any] = {}
         for name, where in value.items():
             _model(str(name))
-            key = normalize_model(str(name))
+            key = canonical(str(name))
             if key in result:
-                raise ValueError(f"{name!r} is named twice ({key!r} and a name without its tag are the same model)")
+                raise ValueError(f"{name!r} is named twice (Ollama reads both names as {key!r})")
             # A list (or "gpu0,gpu1") is the instances; a table may add keep_alive.
             result[key] = where if isinstance(where, dict) else {"instances": where}
         return result
@@ -389,9 +392,28 @@ def load_config(
         config = FleetConfig.model_validate(merged)
     except ValidationError as exc:
         raise BadInput([_error_line(error, origin) for error in exc.errors()]) from None
+    _check_loads_stay(config, origin)
     if config.state_dir is None:
         config = config.model_copy(update={"state_dir": default_state_dir(environ)})
     return config
+
+
+def _check_loads_stay(config: FleetConfig, origin: Mapping[str, str]) -> None:
+    """What `up` loads must stay loaded: a zero keep-alive would unload it at once."""
+    zero = [
+        (f"models.{model}.keep_alive", "models") if placed.keep_alive else ("keep_alive", "keep_alive")
+        for model, placed in config.models.items()
+        if unloads_at_once(placed.keep_alive or config.keep_alive)
+    ]
+    if config.preload and unloads_at_once(config.keep_alive):
+        zero.insert(0, ("keep_alive", "keep_alive"))
+    if zero:
+        field, key = zero[0]
+        source = f" [from {origin[key]}]" if key in origin else ""
+        raise BadInput(
+            f"{field}: 0 unloads a model after every request, so a preloaded or placed model would be loaded "
+            f"and unloaded at once; give a duration (5m, 1h, -1 for forever) or drop the preload{source}"
+        )
 
 
 def _error_line(error: Mapping[str, Any], origin: Mapping[str, str]) -> str:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 import pwd
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-from ollama_fleet.config import FleetConfig, Placement, normalize_model
+from ollama_fleet.config import FleetConfig, Placement
+from ollama_fleet.names import canonical
 from ollama_fleet.errors import BadInput
 from ollama_fleet.gpus import Discovery, Gpu
 
@@ -27,6 +28,7 @@ class GpuRef(BaseModel):
     index: int
     uuid: str | None
     mig: int | None = None
+    pci_bus_id: str | None = None  # NVML's; how Ollama's log names the device too (pinning.py)
 
     @property
     def label(self) -> str:
@@ -69,7 +71,7 @@ class Plan(BaseModel):
 
     def holders(self, model: str) -> tuple[str, ...]:
         """The instances a model should be on: its placement, else every instance."""
-        placed = self.models.get(normalize_model(model))
+        placed = self.models.get(canonical(model))
         return placed.instances if placed else tuple(i.name for i in self.instances)
 
 
@@ -92,6 +94,36 @@ def inspect_models_dir(config: FleetConfig, home: Path | None = None) -> ModelsD
         owner = str(uid)
     readable = path.is_dir() and os.access(path, os.R_OK | os.X_OK)
     return ModelsDir(path=path, exists=path.is_dir(), readable=readable, owner=owner)
+
+
+# What an instance takes from the environment of whoever runs `up`: where programs are, who
+# it is, its locale and time zone, and the proxies and CA files a pull may need. Nothing
+# else: a stray OLLAMA_NUM_PARALLEL or HIP_VISIBLE_DEVICES in an operator's shell must not
+# change the instances `up` starts but not the same fleet under systemd (whose units get
+# only the env file). Anything else goes through [env] / --env, on purpose.
+PASSED_ENV = (
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy",
+    "SSL_CERT_FILE", "SSL_CERT_DIR",
+)
+
+
+def caller_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of the caller's environment an instance starts with (then the plan's env)."""
+    return {k: v for k, v in environ.items() if k in PASSED_ENV or k.startswith("LC_")}
+
+
+def ignored_env(environ: Mapping[str, str]) -> list[str]:
+    """The caller's variables that look meant for Ollama but never reach an instance:
+    OLLAMA_* (the fleet's own OLLAMA_FLEET_* aside) and *_VISIBLE_DEVICES."""
+    return sorted(
+        k for k in environ
+        if (k.startswith("OLLAMA_") and not k.startswith("OLLAMA_FLEET_")) or k.endswith("_VISIBLE_DEVICES")
+    )
+
+
+def _ref(gpu: Gpu) -> GpuRef:
+    return GpuRef(index=gpu.index, uuid=gpu.uuid, mig=gpu.mig, pci_bus_id=gpu.pci_bus_id)
 
 
 def instance_name(gpus: list[Gpu]) -> str:
@@ -129,16 +161,22 @@ def plan(config: FleetConfig, discovery: Discovery, models_dir: ModelsDir) -> Pl
             "OLLAMA_HOST": f"{LOOPBACK}:{port}",
             "OLLAMA_MODELS": str(models_dir.path),
             "OLLAMA_KEEP_ALIVE": config.keep_alive,
-            # Ollama prunes "unused" blobs at start; with a shared models dir that could
-            # delete another instance's pull in progress.
-            "OLLAMA_NOPRUNE": "1",
+            # Since v0.30 Ollama's Vulkan backend is on by default and ignores
+            # CUDA_VISIBLE_DEVICES: without this an instance sees every GPU of the box and
+            # loads models onto its neighbours' cards (ollama/ollama#16508, #16592).
+            "OLLAMA_VULKAN": "0",
             **config.env,
         }
+        if k > 0:
+            # Ollama prunes unreferenced blobs and partial downloads at start. Only the
+            # first instance (the writer: every pull goes to it) may, at its own start, when
+            # it has no pull in flight; any other could delete the writer's pull.
+            env["OLLAMA_NOPRUNE"] = "1"
         name = instance_name(group)
         instances.append(
             Instance(
                 name=name,
-                gpus=tuple(GpuRef(index=g.index, uuid=g.uuid, mig=g.mig) for g in group),
+                gpus=tuple(_ref(g) for g in group),
                 host=LOOPBACK,
                 port=port,
                 env=env,
@@ -158,7 +196,7 @@ def plan(config: FleetConfig, discovery: Discovery, models_dir: ModelsDir) -> Pl
     return Plan(
         models=config.models,
         instances=tuple(instances),
-        unused_gpus=tuple(GpuRef(index=g.index, uuid=g.uuid, mig=g.mig) for g in gpus[used:]),
+        unused_gpus=tuple(_ref(g) for g in gpus[used:]),
         models_dir=models_dir,
         pinned_by=discovery.pinned_by,
     )
@@ -167,7 +205,7 @@ def plan(config: FleetConfig, discovery: Discovery, models_dir: ModelsDir) -> Pl
 def loads(result: Plan, preload: tuple[str, ...], keep_alive: str) -> list[tuple[str, str, str]]:
     """What `up` loads after start, as (instance, model, keep_alive): every placed model on its
     own instances with its own keep-alive, and each --preload model where it belongs."""
-    models = list(dict.fromkeys([*result.models, *(normalize_model(m) for m in preload)]))
+    models = list(dict.fromkeys([*result.models, *(canonical(m) for m in preload)]))
     jobs = []
     for model in models:
         placed = result.models.get(model)

@@ -69,14 +69,17 @@ def keep_alive_value(keep_alive: str) -> Any:
 
 
 async def _preload(client: httpx.AsyncClient, address: str, model: str, keep_alive: str) -> str | None:
-    # An empty prompt only loads the model (done_reason "load").
+    # An embed with no input loads any model and embeds nothing (ollama/ollama
+    # server/routes.go EmbedHandler: scheduleRunner with no required capability, then
+    # `len(input) == 0` returns). An empty-prompt generate would load only models that
+    # can generate: embedding models answer 400 "does not support generate".
     import httpx
 
-    body = {"model": model, "prompt": "", "stream": False}
+    body: dict[str, Any] = {"model": model, "input": ""}
     if keep_alive:  # else the instance's own OLLAMA_KEEP_ALIVE applies
         body["keep_alive"] = keep_alive_value(keep_alive)
     try:
-        response = await client.post(_url(address, "/api/generate"), json=body, headers=HEADERS)
+        response = await client.post(_url(address, "/api/embed"), json=body, headers=HEADERS)
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if response.status_code == 200:

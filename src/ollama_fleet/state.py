@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from ollama_fleet.errors import UserError
 from ollama_fleet.config import Placement
+from ollama_fleet.pinning import Device
 from ollama_fleet.plan import Instance
 
 DESIRED = "fleet.json"  # written by `up`
@@ -95,6 +96,8 @@ class InstanceState(BaseModel):
     status: Literal["running", "backoff", "stopped"] = "running"
     exits: int = 0  # how many times it exited (or failed to start) under this supervisor
     last_exit: str | None = None
+    # The devices this start of Ollama said it uses ("inference compute"); None until then.
+    devices: list[Device] | None = None
 
     @property
     def record(self) -> ProcessRecord | None:

@@ -7,6 +7,7 @@ whoever listens on the instance's port (for systemd). Every HTTP probe runs at o
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -14,11 +15,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, computed_field
 
-from ollama_fleet import probe, systemd
-from ollama_fleet.config import Placement, normalize_model
+from ollama_fleet import pinning, probe, systemd
+from ollama_fleet.config import Placement
+from ollama_fleet.names import canonical
 from ollama_fleet.errors import UserError
 from ollama_fleet.gateway import ServerStats, engine_named
 from ollama_fleet.gpus import Gpu, NvmlUnavailable, discover
+from ollama_fleet.pinning import Device
+from ollama_fleet.plan import GpuRef
 from ollama_fleet.state import read_actual, read_desired, read_gateway
 from ollama_fleet.supervisor import foreign_ollama, listener
 
@@ -44,6 +48,8 @@ class InstanceStatus(BaseModel):
     version: str | None = None
     error: str | None = None
     models: list[LoadedModel] = []
+    # The devices Ollama said this run uses ("inference compute" in its log); None: unknown.
+    devices: list[str] | None = None
     # What the gateway itself knows of this instance (HAProxy): UP/DOWN/DRAIN, queued, in flight.
     gateway: ServerStats | None = None
     # Placement: the models this instance should hold, those of them it does not hold now,
@@ -97,10 +103,11 @@ class _Member(BaseModel):
     name: str
     address: str
     port: int
-    gpus: list[str]
+    pin: tuple[GpuRef, ...]
     pid: int | None = None
     started_at: float | None = None
     restarts: int | None = None
+    devices: list[Device] | None = None
 
 
 def _placement(models: dict[str, Placement]) -> dict[str, list[str]]:
@@ -124,9 +131,9 @@ def _from_up(state_dir: Path) -> tuple[list[_Member], GatewayStatus, dict[str, P
         record = st.record if st is not None else None
         alive = record is not None and record.process() is not None
         members.append(_Member(
-            name=inst.name, address=inst.address, port=inst.port, gpus=[g.label for g in inst.gpus],
+            name=inst.name, address=inst.address, port=inst.port, pin=inst.gpus,
             pid=record.pid if alive and record else None, started_at=st.started_at if alive and st else None,
-            restarts=st.exits if st else None,
+            restarts=st.exits if st else None, devices=st.devices if alive and st else None,
         ))
     gw = read_gateway(state_dir)
     if gw is None or gw.engine is None:
@@ -146,9 +153,11 @@ def _from_systemd(root: Path) -> tuple[list[_Member], GatewayStatus, dict[str, P
     members = []
     for m in manifest.instances:
         proc = listener(m.port)
+        lines = systemd.journal_lines(systemd.unit_of(m.name)) if proc else None
         members.append(_Member(
-            name=m.name, address=m.address, port=m.port, gpus=[g.label for g in m.gpus],
+            name=m.name, address=m.address, port=m.port, pin=m.gpus,
             pid=proc.pid if proc else None, started_at=proc.create_time() if proc else None,
+            devices=pinning.devices(lines) if lines is not None else None,
         ))
     gw = manifest.gateway
     gateway = (
@@ -187,18 +196,22 @@ def gather(state_dir: Path, timeout: float, system_root: Path = Path("/")) -> St
     instances = []
     for m in members:
         f = facts[m.address]
+        # On a GPU not its own, or the CPU: answering is not healthy.
+        wrong = pinning.problem(m.pin, m.devices) if m.devices is not None else None
         instances.append(InstanceStatus(
-            name=m.name, address=m.address, gpus=m.gpus, pid=m.pid, restarts=m.restarts,
+            name=m.name, address=m.address, gpus=[g.label for g in m.pin], pid=m.pid, restarts=m.restarts,
             uptime_s=round(now - m.started_at, 1) if m.started_at else None,
-            healthy=f.version is not None, latency_ms=round(f.latency_ms, 2) if f.latency_ms is not None else None,
-            version=f.version, error=f.error if f.version is None else None,
+            healthy=f.version is not None and wrong is None,
+            latency_ms=round(f.latency_ms, 2) if f.latency_ms is not None else None,
+            version=f.version, error=f.error if f.version is None else wrong,
             models=[_model(raw) for raw in f.models],
+            devices=[d.label for d in m.devices] if m.devices is not None else None,
             gateway=servers.get(m.name),
             placed=placed.get(m.name, []),
         ))
         inst = instances[-1]
         if inst.healthy:
-            held = {normalize_model(x.name) for x in inst.models}
+            held = {canonical(x.name) for x in inst.models}
             inst.missing = [x for x in inst.placed if x not in held]
             inst.stray = sorted(x for x in held if x in models and x not in inst.placed)
     if gateway.engine is not None:
@@ -215,13 +228,27 @@ def _model(raw: dict) -> LoadedModel:
     )
 
 
+def parse_rfc3339(text: str) -> datetime | None:
+    """Go's RFC 3339 with nanoseconds (`2026-11-29T10:00:00.123456789+01:00`, trailing zeros
+    dropped, so 1 to 9 digits): Python 3.10's fromisoformat reads only 3 or 6, so the
+    fraction is cut or padded to 6 first."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text.strip())
+    if match is None:
+        return None
+    head, fraction, offset = match.groups()
+    micro = "." + (fraction or "")[:6].ljust(6, "0")
+    try:
+        return datetime.fromisoformat(head + micro + ("+00:00" if offset == "Z" else offset))
+    except ValueError:
+        return None
+
+
 def expires_in(expires_at: str | None, now: datetime | None = None) -> float | None:
     """Seconds until Ollama unloads the model; None when unknown or kept forever."""
     if not expires_at:
         return None
-    try:
-        when = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
-    except ValueError:
+    when = parse_rfc3339(expires_at)
+    if when is None:
         return None
     if when.year > 2200:  # keep_alive -1: Ollama reports a date centuries away
         return None

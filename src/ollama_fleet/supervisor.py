@@ -27,9 +27,10 @@ from typing import Callable, Iterable
 
 import psutil
 
-from ollama_fleet import probe
+from ollama_fleet import pinning, probe
 from ollama_fleet.errors import Missing, UserError
-from ollama_fleet.plan import Instance, Plan
+from ollama_fleet.pinning import Device
+from ollama_fleet.plan import Instance, Plan, caller_env
 from ollama_fleet.state import (
     ACTUAL,
     DESIRED,
@@ -195,6 +196,7 @@ class Child:
     backoff: float = BACKOFF_FIRST
     next_start: float | None = 0.0  # monotonic time to (re)start at; None while running
     reader: threading.Thread | None = field(default=None, repr=False)
+    devices: list[Device] | None = None  # what this start said it uses (its log), None until it says
 
 
 class Supervisor:
@@ -205,6 +207,7 @@ class Supervisor:
         self.children: dict[str, Child] = {}
         self.desired: Desired | None = None
         self.reload_requested = True
+        self.devices_seen = threading.Event()  # a reader thread saw an instance's devices
         self.stop_signal: int | None = None
         self.me = ProcessRecord.of(os.getpid())
 
@@ -235,6 +238,9 @@ class Supervisor:
             if child.next_start is not None and child.next_start <= now and self.stop_signal is None:
                 self._start(child)
                 changed = True
+        if self.devices_seen.is_set():
+            self.devices_seen.clear()
+            changed = True
         if changed:
             self.write_state()
 
@@ -300,7 +306,7 @@ class Supervisor:
     def _start(self, child: Child) -> None:
         assert self.desired is not None
         inst = child.instance
-        env = {**os.environ, **inst.env}
+        env = {**caller_env(os.environ), **inst.env}
         kwargs: dict = {}
         account = self._account()
         if account is not None:  # root drops to the models dir's owner (or --user)
@@ -328,6 +334,7 @@ class Supervisor:
         child.started = time.monotonic()
         child.started_at = time.time()
         child.next_start = None
+        child.devices = None
         child.reader = threading.Thread(target=self._pump, args=(child, child.popen), daemon=True)
         child.reader.start()
 
@@ -345,6 +352,10 @@ class Supervisor:
         for raw in popen.stdout:
             line = raw.decode(errors="replace").rstrip("\n")
             logger.info(line)
+            if (dev := pinning.device(line)) is not None:
+                # Its devices, to check against its pin (up) and show (status).
+                child.devices = [*(child.devices or []), dev]
+                self.devices_seen.set()
             if self.echo is not None:
                 self.echo(child.instance.name, line)
 
@@ -368,6 +379,7 @@ class Supervisor:
                 status="running" if running else "backoff",
                 exits=child.exits,
                 last_exit=child.last_exit,
+                devices=child.devices if running else None,
             )
         write_model(self.state_dir / ACTUAL, actual)
 
@@ -503,10 +515,16 @@ def exited(pid: int) -> bool:
         return True
 
 
+DEVICES_GRACE = 3.0  # seconds an answering instance gets to have its device lines read
+
+
 @dataclass
 class Readiness:
     versions: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # name -> why, with its log tail
+    # name -> the devices it logged; None: it answered but logged none (an Ollama that does
+    # not, or lines not yet read after DEVICES_GRACE): its pinning is unverified.
+    devices: dict[str, list[Device] | None] = field(default_factory=dict)
 
 
 def wait_ready(
@@ -516,12 +534,14 @@ def wait_ready(
     tick: Callable[[], None],
     progress: Callable[[int, int], None] = lambda ready, total: None,
 ) -> Readiness:
-    """Poll until every instance of `desired` answers `GET /api/version`, exits, or times out.
+    """Poll until every instance of `desired` answers `GET /api/version` and its device lines
+    are read (or DEVICES_GRACE passed), exits, or times out.
 
     `tick` runs the supervisor's loop when it is attached, or checks the background one lives.
     """
     result = Readiness()
     baseline: dict[str, int] = {}
+    answered: dict[str, float] = {}  # name -> when it first answered
     pending = {inst.name: inst for inst in desired.instances}
     deadline = time.monotonic() + timeout
     while pending:
@@ -536,20 +556,30 @@ def wait_ready(
             baseline.setdefault(name, st.exits)
             if st.exits > baseline[name]:
                 result.failed[name] = with_log_tail(f"{name} exited during start-up ({st.last_exit})", inst.log)
+            elif name in answered:
+                # Ollama logs its devices before it serves; the supervisor reads them a
+                # moment later. An Ollama that never logs them is let go after the grace.
+                if st.devices is not None or time.monotonic() - answered[name] > DEVICES_GRACE:
+                    result.devices[name] = st.devices
             elif st.pid is not None:
                 probing[name] = inst.address
-        for name in result.failed:
+        for name in [*result.failed, *result.devices]:
             pending.pop(name, None)
+        for name in result.failed:
+            result.versions.pop(name, None)
         for address_name, version in zip(probing, probe.versions(list(probing.values()), timeout=1.0).values()):
             if version is not None:
                 result.versions[address_name] = version
-                pending.pop(address_name)
-        progress(len(result.versions), len(desired.instances))
+                answered[address_name] = time.monotonic()
+        progress(len(result.devices), len(desired.instances))
         if pending and time.monotonic() > deadline:
             for name, inst in pending.items():
-                result.failed[name] = with_log_tail(
-                    f"{name} did not answer GET /api/version within {timeout:g}s", inst.log
-                )
+                if name in answered:
+                    result.devices[name] = None
+                else:
+                    result.failed[name] = with_log_tail(
+                        f"{name} did not answer GET /api/version within {timeout:g}s", inst.log
+                    )
             break
         if pending:
             time.sleep(0.05)

@@ -13,6 +13,7 @@ import hashlib
 import os
 import pwd
 import stat
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -200,6 +201,22 @@ class Systemctl:
         if proc.returncode != 0:
             detail = proc.stderr.strip().splitlines()
             raise UserError(f"systemctl {' '.join(args)} failed: {detail[-1] if detail else f'exit {proc.returncode}'}")
+
+
+def journal_lines(unit: str) -> list[str] | None:
+    """What the unit's current run wrote (its journal entries under its InvocationID), or
+    None where the journal cannot tell (no systemd, or no right to read it: as a user, join
+    the systemd-journal group)."""
+    systemctl, journalctl = shutil.which("systemctl"), shutil.which("journalctl")
+    if systemctl is None or journalctl is None:
+        return None
+    shown = subprocess.run([systemctl, "show", "-p", "InvocationID", "--value", unit], capture_output=True, text=True)
+    invocation = shown.stdout.strip()
+    if shown.returncode != 0 or not invocation:
+        return None
+    proc = subprocess.run([journalctl, f"_SYSTEMD_INVOCATION_ID={invocation}", "-o", "cat", "--no-pager", "-q"],
+                          capture_output=True, text=True)
+    return proc.stdout.splitlines() if proc.returncode == 0 else None
 
 
 # ------------------------------------------------------------------ install / uninstall

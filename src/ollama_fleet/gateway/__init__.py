@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ollama_fleet.config import FleetConfig, Listen
 from ollama_fleet.errors import BadInput, Missing, UserError
+from ollama_fleet.names import spellings
 from ollama_fleet.plan import Plan
 from ollama_fleet.state import GATEWAY, GatewayState, ProcessRecord, read_gateway, write_atomic, write_model
 
@@ -40,7 +41,7 @@ class ModelRoute(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     model: str  # "qwen3:latest"
-    names: tuple[str, ...]  # ("qwen3", "qwen3:latest"): both mean it
+    names: tuple[str, ...]  # ("qwen3", "qwen3:latest", "library/qwen3", ...): all mean it
     instances: tuple[Backend, ...]
 
 
@@ -109,7 +110,7 @@ def spec_from(config: FleetConfig, plan: Plan) -> GatewaySpec:
     routes = tuple(
         ModelRoute(
             model=model,
-            names=(model.removesuffix(":latest"), model) if model.endswith(":latest") else (model,),
+            names=spellings(model),
             instances=tuple(backends[name] for name in placed.instances),
         )
         for model, placed in plan.models.items()
@@ -183,7 +184,22 @@ class Engine(Protocol):
 
     name: str
 
-    def render(self, spec: GatewaySpec, *, standalone: bool, prefix: Path, user: tuple[str, str] | None) -> str: ...
+    def render(
+        self,
+        spec: GatewaySpec,
+        *,
+        standalone: bool,
+        prefix: Path,
+        user: tuple[str, str] | None,
+        config: Path | None = None,
+    ) -> str:
+        """The config; `config` is where it will be written (its header says how to run it)."""
+        ...
+
+    def prepare(self, prefix: Path) -> None:
+        """Create the directories under `prefix` that the rendered config names, so it runs
+        as rendered."""
+        ...
 
     def check(self, content: str, *, standalone: bool, prefix: Path | None = None) -> None: ...
 
@@ -269,7 +285,7 @@ def preflight(spec: GatewaySpec, state_dir: Path, engine: Engine) -> None:
 
 def _write_config(engine: Engine, spec: GatewaySpec, prefix: Path, config: Path, user: tuple[str, str] | None) -> bool:
     """Render and check the standalone config, write it atomically; True when it changed."""
-    content = engine.render(spec, standalone=True, prefix=prefix, user=user)
+    content = engine.render(spec, standalone=True, prefix=prefix, user=user, config=config)
     engine.check(content, standalone=True, prefix=prefix)
     changed = not config.exists() or config.read_text() != content
     write_atomic(config, content, secret_mode(spec))

@@ -25,8 +25,9 @@ SOCKET = "admin.sock"
 SOCKET_MAX = 100  # sun_path holds 108 bytes; leave room
 BACKEND = "ollama_fleet"
 # The requests whose JSON body names a model: the ones placement routes.
-MODEL_PATHS = ("/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/show",
-               "/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+# (ollama/ollama server/routes.go GenerateRoutes; /api/show is metadata and goes elsewhere.)
+MODEL_PATHS = ("/api/generate", "/api/chat", "/api/embed", "/api/embeddings",
+               "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages")
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 
 
@@ -44,7 +45,13 @@ class Haproxy:
     name = "haproxy"
 
     def render(
-        self, spec: GatewaySpec, *, standalone: bool = True, prefix: Path, user: tuple[str, str] | None = None
+        self,
+        spec: GatewaySpec,
+        *,
+        standalone: bool = True,
+        prefix: Path,
+        user: tuple[str, str] | None = None,
+        config: Path | None = None,
     ) -> str:
         """Always a complete haproxy.cfg (`standalone` is accepted for symmetry with nginx);
         `prefix` holds its pid file and admin socket."""
@@ -73,9 +80,14 @@ class Haproxy:
             models=spec.models,
             model_paths=MODEL_PATHS,
             prefix=prefix,
+            config=config,
             user=user[0] if user else None,
             group=user[1] if user else None,
         )
+
+    def prepare(self, prefix: Path) -> None:
+        """The directory of the pid file and the admin socket (the socket itself is 0600)."""
+        prefix.mkdir(mode=0o755, parents=True, exist_ok=True)
 
     def redact(self, text: str) -> str:
         return re.sub(r'"Bearer [^"]*"', f'"Bearer {REDACTED}"', text)
@@ -89,7 +101,7 @@ class Haproxy:
             _run([haproxy, "-c", "-f", fh.name], "haproxy -c")  # no -q: it would silence the [ALERT]s
 
     def start(self, prefix: Path, config: Path) -> int:
-        prefix.mkdir(parents=True, exist_ok=True)
+        self.prepare(prefix)
         (prefix / PID_FILE).unlink(missing_ok=True)
         # -W: master-worker, so a reload (SIGUSR2 to the master) keeps the master's pid and
         # old workers finish their streams; -D: detach. The config's pidfile holds the master.
@@ -117,8 +129,10 @@ class Haproxy:
             rows = [row for row in _stat_rows(prefix / SOCKET) if row.get("pxname") == BACKEND]
         except UserError:
             return None
+        # "UP 1/2" (a check failed, or none ran yet since start) still takes requests: UP.
         servers = {
-            row["svname"]: ServerStats(state=row["status"], queued=int(row["qcur"] or 0), in_flight=int(row["scur"] or 0))
+            row["svname"]: ServerStats(state=row["status"].split(" ")[0], queued=int(row["qcur"] or 0),
+                                       in_flight=int(row["scur"] or 0))
             for row in rows
             if row["svname"] not in ("FRONTEND", "BACKEND")
         }

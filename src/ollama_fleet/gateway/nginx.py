@@ -27,7 +27,13 @@ class Nginx:
     name = "nginx"
 
     def render(
-        self, spec: GatewaySpec, *, standalone: bool, prefix: Path, user: tuple[str, str] | None = None
+        self,
+        spec: GatewaySpec,
+        *,
+        standalone: bool,
+        prefix: Path,
+        user: tuple[str, str] | None = None,
+        config: Path | None = None,
     ) -> str:
         if spec.models:
             raise BadInput(
@@ -41,13 +47,21 @@ class Nginx:
             "nginx/standalone.conf.j2",
             snippet=snippet.rstrip("\n"),
             prefix=prefix,
+            config=config,
             user=user[0] if user else None,
             group=user[1] if user else None,
         )
 
+    def prepare(self, prefix: Path) -> None:
+        """The directories the standalone config names: its logs and temp paths (nginx makes
+        the temp subdirectories itself, owned by its worker user, so temp/ must let that user
+        through: 0755)."""
+        for path in (prefix, prefix / "logs", prefix / "temp"):
+            path.mkdir(mode=0o755, parents=True, exist_ok=True)
+
     def redact(self, text: str) -> str:
         """The API keys in a config this engine rendered (old or new) shown as <redacted>."""
-        return re.sub(r'^(\s*"~\^Bearer ).*(\$" 1;)$', rf"\g<1>{REDACTED}\g<2>", text, flags=re.M)
+        return re.sub(r'^(\s*"~\^\[A-Z\]\+ Bearer ).*(\$" 1;)$', rf"\g<1>{REDACTED}\g<2>", text, flags=re.M)
 
     def check(self, content: str, *, standalone: bool, prefix: Path | None = None) -> None:
         """`nginx -t`: a standalone config where it will run (under `prefix`), a snippet
@@ -55,7 +69,7 @@ class Nginx:
         nginx = require_tool("nginx")
         if standalone:
             assert prefix is not None
-            prepare(prefix)
+            self.prepare(prefix)
             with tempfile.NamedTemporaryFile("w", dir=prefix, prefix=".check-", suffix=".conf") as fh:
                 fh.write(content)
                 fh.flush()
@@ -63,16 +77,21 @@ class Nginx:
             return
         with tempfile.TemporaryDirectory(prefix="ollama-fleet-check-") as tmp:
             root = Path(tmp)
-            prepare(root)
+            self.prepare(root)
             (root / "snippet.conf").write_text(content)
             wrapper = render(
-                "nginx/standalone.conf.j2", snippet=f"include {root}/snippet.conf;", prefix=root, user=None, group=None
+                "nginx/standalone.conf.j2",
+                snippet=f"include {root}/snippet.conf;",
+                prefix=root,
+                config=root / "nginx.conf",
+                user=None,
+                group=None,
             )
             (root / "nginx.conf").write_text(wrapper)
             _run([nginx, "-t", "-q", "-p", str(root), "-c", str(root / "nginx.conf")], "nginx -t")
 
     def start(self, prefix: Path, config: Path) -> int:
-        prepare(prefix)
+        self.prepare(prefix)
         (prefix / PID_FILE).unlink(missing_ok=True)
         _run([require_tool("nginx"), "-p", str(prefix), "-c", str(config)], "starting nginx")
         pid = self.running(prefix)
@@ -119,11 +138,6 @@ def _running_state(state_dir: Path) -> GatewayState:
 
 def _spec(state: GatewayState) -> GatewaySpec:
     return GatewaySpec.model_validate(state.spec)
-
-
-def prepare(prefix: Path) -> None:
-    for sub in ("logs", "temp"):
-        (prefix / sub).mkdir(parents=True, exist_ok=True)
 
 
 def _context(spec: GatewaySpec) -> dict:
