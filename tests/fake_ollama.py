@@ -405,8 +405,10 @@ class Handler(BaseHTTPRequestHandler):
                 "usage": {"input_tokens": 10, "output_tokens": count}}
 
     def _embed(self, kind: str, model: str, body: dict) -> None:
+        # server/routes.go EmbedHandler: an empty string is no input at all (the model is
+        # loaded, nothing is embedded), a list is taken as it is.
         inputs = body.get("input", "")
-        inputs = inputs if isinstance(inputs, list) else [inputs]
+        inputs = inputs if isinstance(inputs, list) else [inputs] if inputs else []
         vectors = [[0.1, 0.2, 0.3] for _ in inputs]
         if kind == "embed":
             return self._json(200, {"model": model, "embeddings": vectors})

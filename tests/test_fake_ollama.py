@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -152,3 +153,113 @@ def test_port_in_use_is_ollamas_error(fake) -> None:
                           capture_output=True, text=True, timeout=10)
     assert proc.returncode == 1
     assert "bind: address already in use" in proc.stderr
+
+
+# ---------------------------------------------------------------- fidelity (DESIGN.md §5)
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("localhost", 200), ("LOCALHOST:11434", 200), ("10.1.2.3", 200), ("[::1]:80", 200), ("0.0.0.0", 200),
+     ("box.local", 200), ("gpu.internal", 200), ("a.localhost", 200),
+     ("llm.example.com", 403), ("8.8.8.8", 403), ("example.localhost.com", 403)],
+)
+def test_host_check_is_ollamas(fake, host: str, status: int) -> None:
+    """allowedHostsMiddleware on a loopback listener: IPs that are loopback, private or
+    unspecified, and local names only."""
+    url, _ = fake()
+    assert httpx.get(url + "/api/version", headers={"Host": host}).status_code == status
+
+
+def test_cors_runs_before_the_host_check(fake) -> None:
+    url, _ = fake(OLLAMA_ORIGINS="https://chat.example.com")
+    preflight = {"Origin": "https://chat.example.com", "Access-Control-Request-Method": "POST"}
+    answer = httpx.options(url + "/api/chat", headers=preflight)
+    assert answer.status_code == 204 and answer.headers["access-control-allow-origin"] == "https://chat.example.com"
+    assert httpx.get(url + "/api/tags", headers={"Origin": "https://evil.example"}).status_code == 403
+    assert httpx.get(url + "/api/tags", headers={"Origin": "http://localhost:3000"}).status_code == 200
+    assert httpx.get(url + "/api/tags", headers={"Origin": "vscode-webview://abc"}).status_code == 200
+
+
+def test_embedding_models_do_not_generate_and_embed_loads_any_model(fake) -> None:
+    url, _ = fake()
+    refused = httpx.post(url + "/api/generate", json={"model": "nomic-embed-text", "prompt": ""})
+    assert refused.status_code == 400 and refused.json() == {"error": '"nomic-embed-text" does not support generate'}
+    for model in ("nomic-embed-text", "qwen3"):
+        loaded = httpx.post(url + "/api/embed", json={"model": model, "input": "", "keep_alive": -1})
+        assert loaded.status_code == 200 and loaded.json()["embeddings"] == []  # nothing embedded: only loaded
+    assert sorted(m["name"] for m in httpx.get(url + "/api/ps").json()["models"]) == ["nomic-embed-text:latest",
+                                                                                     "qwen3:latest"]
+
+
+def test_keep_alive_0_with_an_empty_prompt_unloads(fake) -> None:
+    url, _ = fake()
+    assert httpx.post(url + "/api/generate", json={"model": "qwen3", "prompt": ""}).json()["done_reason"] == "load"
+    assert httpx.get(url + "/api/ps").json()["models"]
+    unloaded = httpx.post(url + "/api/generate", json={"model": "qwen3", "prompt": "", "keep_alive": 0}).json()
+    assert unloaded["done_reason"] == "unload"
+    assert httpx.get(url + "/api/ps").json()["models"] == []
+
+
+def test_expiry_has_nanoseconds_and_a_local_offset(fake) -> None:
+    url, _ = fake()
+    httpx.post(url + "/api/generate", json={"model": "qwen3", "prompt": "", "keep_alive": "1h"})
+    expires = httpx.get(url + "/api/ps").json()["models"][0]["expires_at"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)", expires), expires
+
+
+def test_model_names_compare_as_ollama_reads_them(fake) -> None:
+    url, _ = fake()
+    for name in ("Qwen3", "library/qwen3", "registry.ollama.ai/library/qwen3:latest"):
+        answer = httpx.post(url + "/api/generate", json={"model": name, "prompt": "x", "stream": False})
+        assert answer.status_code == 200, name
+
+
+def test_it_binds_before_discovery_and_answers_after(tmp_path) -> None:
+    """server/routes.go Serve: the port is bound at once; a request sent during GPU
+    discovery waits in the backlog and is answered when discovery ends, never refused."""
+    from tests.conftest import free_port_range
+
+    port = free_port_range(1)
+    proc = subprocess.Popen([sys.executable, str(FAKE_OLLAMA), "serve"], stderr=subprocess.PIPE, text=True,
+                            env={"PATH": "/usr/bin:/bin", "OLLAMA_HOST": f"127.0.0.1:{port}", "FAKE_OLLAMA_STARTUP_S": "1.5",
+                                 "CUDA_VISIBLE_DEVICES": "GPU-00000002-1111-2222-3333-444444444444", "OLLAMA_VULKAN": "0"})
+    try:
+        assert proc.stderr is not None
+        assert "Listening on" in proc.stderr.readline()  # bound: the port refuses nothing now
+        started = time.monotonic()
+        assert httpx.get(f"http://127.0.0.1:{port}/api/version", timeout=10).status_code == 200
+        assert time.monotonic() - started > 0.5  # it waited for the discovery
+        compute = proc.stderr.readline()
+        assert 'msg="inference compute" id=0 filter_id=GPU-00000002-1111-2222-3333-444444444444 library=CUDA' in compute
+        assert "pci_id=0000:12:00.0" in compute
+    finally:
+        stop([proc])
+
+
+@pytest.mark.parametrize(
+    ("env", "libraries"),
+    [({"CUDA_VISIBLE_DEVICES": "GPU-00000001-1111-2222-3333-444444444444"}, ["CUDA", "Vulkan", "Vulkan"]),
+     ({"CUDA_VISIBLE_DEVICES": "GPU-00000001-1111-2222-3333-444444444444", "OLLAMA_VULKAN": "0"}, ["CUDA"]),
+     ({"CUDA_VISIBLE_DEVICES": "1", "OLLAMA_VULKAN": "false"}, ["CUDA"]),
+     ({"FAKE_OLLAMA_NO_CUDA": "1", "OLLAMA_VULKAN": "0"}, ["cpu"])],
+)
+def test_inference_compute_lines(env: dict, libraries: list[str]) -> None:
+    """discover/types.go LogDetails, one line per device; Vulkan (on by default since v0.30)
+    ignores CUDA_VISIBLE_DEVICES and adds the box's other GPUs."""
+    from ollama_fleet.pinning import devices
+    from tests.conftest import free_port_range
+
+    port = free_port_range(1)
+    proc = subprocess.Popen([sys.executable, str(FAKE_OLLAMA), "serve"], stderr=subprocess.PIPE, text=True,
+                            env={"PATH": "/usr/bin:/bin", "OLLAMA_HOST": f"127.0.0.1:{port}", "FAKE_OLLAMA_GPUS": "3",
+                                 **env})
+    try:
+        assert proc.stderr is not None
+        lines = [proc.stderr.readline() for _ in range(1 + len(libraries))]
+        found = devices(lines)
+        assert found is not None and [d.library for d in found] == libraries
+        if libraries[0] == "CUDA":
+            assert found[0].pci_id == "0000:11:00.0"
+    finally:
+        stop([proc])

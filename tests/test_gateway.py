@@ -197,6 +197,28 @@ def test_api_keys(tmp_path: Path, engine: str) -> None:
         stop(procs)
 
 
+def test_a_cors_preflight_passes_without_a_key_to_ollamas_own_rules(tmp_path: Path, engine: str) -> None:
+    """A browser sends OPTIONS without Authorization before a keyed request: the gateway lets
+    it through, and Ollama answers it from OLLAMA_ORIGINS (204 for an allowed origin, 403
+    for any other). Only OPTIONS passes without a key."""
+    keys = tmp_path / "keys"
+    keys.write_text("sk-fleet-0123456789\n")
+    base, procs = start_instances(2, OLLAMA_ORIGINS="https://chat.example.com")
+    gateway = Gateway(base, 2, "--api-keys-file", str(keys), engine=engine)
+    try:
+        preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+        allowed = httpx.options(gateway.url + "/api/chat", headers={"Origin": "https://chat.example.com", **preflight})
+        assert allowed.status_code == 204, allowed.text
+        assert allowed.headers["access-control-allow-origin"] == "https://chat.example.com"
+        other = httpx.options(gateway.url + "/api/chat", headers={"Origin": "https://evil.example", **preflight})
+        assert other.status_code == 403
+        assert httpx.post(gateway.url + "/api/chat", headers={"Origin": "https://chat.example.com"},
+                          json={"model": "llama3.2", "messages": []}).status_code == 401
+    finally:
+        gateway.close()
+        stop(procs)
+
+
 def test_keys_never_reach_stdout(tmp_path: Path, nvml, engine: str) -> None:
     nvml(2)
     keys = tmp_path / "keys"

@@ -273,3 +273,15 @@ def test_down_never_signals_a_reused_pid(fleet) -> None:
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_up_waits_through_gpu_discovery(fleet) -> None:
+    """Real Ollama binds its port, then discovers GPUs (up to 30 s per library) and only then
+    answers: `up` neither takes the bound-but-silent port for a stranger nor gives up on an
+    instance whose first probe has to wait."""
+    started = time.monotonic()
+    result = fleet.run("up", "--env", "FAKE_OLLAMA_STARTUP_S=2")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started >= 2
+    assert all(answers(fleet.url(k)) for k in range(2))
+    assert "taken" not in result.stderr

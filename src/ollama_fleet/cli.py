@@ -675,9 +675,14 @@ def _status_view(report: Any) -> Group:
     placement = any(i.placed for i in report.instances)
     models = _view_table("instance", "model", "VRAM", "unloads in", *(["placement"] if placement else []), title="models")
     for i in report.instances:
-        health = Text(f"ok {i.latency_ms:.0f} ms", style="green") if i.healthy else Text(f"DOWN: {i.error}", style="bold red")
+        if i.healthy:
+            health = Text(f"ok {i.latency_ms:.0f} ms", style="green")
+        else:  # it answers, but on devices not its own (its log says which), or it does not answer
+            health = Text(f"{'WRONG DEVICES' if i.version else 'DOWN'}: {i.error}", style="bold red")
+        # ✓: Ollama's own log says it runs on exactly these GPUs.
+        pinned = ",".join(i.gpus) + (" ✓" if i.healthy and i.devices else "")
         instances.add_row(
-            i.name, ",".join(i.gpus), i.address, str(i.pid or "-"), _duration(i.uptime_s),
+            i.name, pinned, i.address, str(i.pid or "-"), _duration(i.uptime_s),
             "-" if i.restarts is None else str(i.restarts), health, i.version or "-",
             *([_server(i.gateway)] if queues else []),
             style=None if i.healthy else "red",

@@ -129,10 +129,8 @@ class Haproxy:
             rows = [row for row in _stat_rows(prefix / SOCKET) if row.get("pxname") == BACKEND]
         except UserError:
             return None
-        # "UP 1/2" (a check failed, or none ran yet since start) still takes requests: UP.
         servers = {
-            row["svname"]: ServerStats(state=row["status"].split(" ")[0], queued=int(row["qcur"] or 0),
-                                       in_flight=int(row["scur"] or 0))
+            row["svname"]: ServerStats(state=row["status"], queued=int(row["qcur"] or 0), in_flight=int(row["scur"] or 0))
             for row in rows
             if row["svname"] not in ("FRONTEND", "BACKEND")
         }
