@@ -35,6 +35,7 @@ def main() -> int:
         env = {
             **os.environ,
             "PYTHONPATH": str(FAKES),
+            "HOME": tmp,  # instances write ~/.ollama/id_ed25519, as Ollama does
             "FAKE_NVML_GPUS": str(COUNT),
             "OLLAMA_FLEET_ENV": f"FAKE_OLLAMA_STARTUP_S={DELAY}",  # instances inherit only what [env] names
             "OLLAMA_FLEET_STATE_DIR": f"{tmp}/state",

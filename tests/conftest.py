@@ -117,7 +117,9 @@ def fleet(tmp_path: Path):
             self.models = tmp_path / "fleet-models"
             self.models.mkdir()
             self.base_port = free_port_range(8)
+            (tmp_path / "home").mkdir()
             self.env = subprocess_env(
+                HOME=str(tmp_path / "home"),  # instances write ~/.ollama/id_ed25519 there
                 FAKE_NVML_GPUS="2",
                 OLLAMA_FLEET_STATE_DIR=str(self.state),
                 OLLAMA_FLEET_MODELS_DIR=str(self.models),
@@ -170,6 +172,22 @@ def wait_answering(url: str, timeout: float = 10.0, **kwargs: object):
             time.sleep(0.02)
 
 
+def fake_home() -> str:
+    """A HOME for fake instances started by tests: Ollama writes its key to ~/.ollama at
+    start (and so does the fake); never the HOME of whoever runs the tests. Removed at exit."""
+    global _FAKE_HOME
+    if _FAKE_HOME is None:
+        import atexit
+        import tempfile
+
+        _FAKE_HOME = tempfile.mkdtemp(prefix="fake-ollama-home-")
+        atexit.register(shutil.rmtree, _FAKE_HOME, True)
+    return _FAKE_HOME
+
+
+_FAKE_HOME: str | None = None
+
+
 def start_instances(count: int, **env: str):
     """`count` fake `ollama serve` on consecutive free ports; returns (base port, processes)."""
     import subprocess
@@ -178,7 +196,7 @@ def start_instances(count: int, **env: str):
     procs = [
         subprocess.Popen(
             [sys.executable, str(FAKE_OLLAMA), "serve"],
-            env={"PATH": os.environ["PATH"], "OLLAMA_HOST": f"127.0.0.1:{base + k}", **env},
+            env={"PATH": os.environ["PATH"], "HOME": fake_home(), "OLLAMA_HOST": f"127.0.0.1:{base + k}", **env},
             stderr=subprocess.DEVNULL,
         )
         for k in range(count)

@@ -604,12 +604,41 @@ def discover() -> None:
             libdirs="ollama", driver="", pci_id="", type="", total="62.7 GiB", available="60.1 GiB")
 
 
+def initialize_keypair() -> str | None:
+    """cmd/cmd.go initializeKeypair, before it listens: $HOME/.ollama/id_ed25519 is created
+    when missing (the dir 0755, the key 0600); any failure is returned and ends the server.
+    (Go's os.UserHomeDir: $HOME, else "$HOME is not defined".)"""
+    home = os.environ.get("HOME")
+    if not home:
+        return "$HOME is not defined"
+    key = os.path.join(home, ".ollama", "id_ed25519")
+    if os.path.exists(key):
+        return None
+    print(f"Couldn't find '{key}'. Generating new private key.", flush=True)
+    try:
+        os.makedirs(os.path.dirname(key), mode=0o755, exist_ok=True)
+    except OSError as exc:
+        return f"could not create directory mkdir {os.path.dirname(key)}: {exc.strerror.lower()}"
+    try:
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n-----END OPENSSH PRIVATE KEY-----\n")
+        with open(key + ".pub", "w") as fh:
+            fh.write("ssh-ed25519 AAAAfake\n")
+    except OSError as exc:
+        return f"open {key}: {exc.strerror.lower()}"
+    return None
+
+
 def main(argv: list[str]) -> int:
     if argv[1:2] != ["serve"]:
         sys.stderr.write("usage: fake_ollama.py serve\n")
         return 1
     # SIGTERM: Ollama closes every connection at once (no drain) and exits 0.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    if (error := initialize_keypair()) is not None:
+        sys.stderr.write(f"Error: {error}\n")  # cobra prints the error; ollama exits 1
+        return 1
     host, port = address()
     try:
         # server/routes.go Serve: it binds first, logs "Listening on", then discovers the

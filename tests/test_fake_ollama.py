@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import FAKE_OLLAMA, start_instances, stop
+from tests.conftest import FAKE_OLLAMA, fake_home, start_instances, stop
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ def test_sockets_have_tcp_nodelay(fake) -> None:
 def test_port_in_use_is_ollamas_error(fake) -> None:
     url, _ = fake()
     port = url.rsplit(":", 1)[1]
-    proc = subprocess.run([sys.executable, str(FAKE_OLLAMA), "serve"], env={"OLLAMA_HOST": f"127.0.0.1:{port}"},
+    proc = subprocess.run([sys.executable, str(FAKE_OLLAMA), "serve"], env={"OLLAMA_HOST": f"127.0.0.1:{port}", "HOME": fake_home()},
                           capture_output=True, text=True, timeout=10)
     assert proc.returncode == 1
     assert "bind: address already in use" in proc.stderr
@@ -222,7 +222,7 @@ def test_it_binds_before_discovery_and_answers_after(tmp_path) -> None:
 
     port = free_port_range(1)
     proc = subprocess.Popen([sys.executable, str(FAKE_OLLAMA), "serve"], stderr=subprocess.PIPE, text=True,
-                            env={"PATH": "/usr/bin:/bin", "OLLAMA_HOST": f"127.0.0.1:{port}", "FAKE_OLLAMA_STARTUP_S": "1.5",
+                            env={"PATH": "/usr/bin:/bin", "HOME": fake_home(), "OLLAMA_HOST": f"127.0.0.1:{port}", "FAKE_OLLAMA_STARTUP_S": "1.5",
                                  "CUDA_VISIBLE_DEVICES": "GPU-00000002-1111-2222-3333-444444444444", "OLLAMA_VULKAN": "0"})
     try:
         assert proc.stderr is not None
@@ -252,7 +252,7 @@ def test_inference_compute_lines(env: dict, libraries: list[str]) -> None:
 
     port = free_port_range(1)
     proc = subprocess.Popen([sys.executable, str(FAKE_OLLAMA), "serve"], stderr=subprocess.PIPE, text=True,
-                            env={"PATH": "/usr/bin:/bin", "OLLAMA_HOST": f"127.0.0.1:{port}", "FAKE_OLLAMA_GPUS": "3",
+                            env={"PATH": "/usr/bin:/bin", "HOME": fake_home(), "OLLAMA_HOST": f"127.0.0.1:{port}", "FAKE_OLLAMA_GPUS": "3",
                                  **env})
     try:
         assert proc.stderr is not None
@@ -263,3 +263,34 @@ def test_inference_compute_lines(env: dict, libraries: list[str]) -> None:
             assert found[0].pci_id == "0000:11:00.0"
     finally:
         stop([proc])
+
+
+def test_it_writes_its_key_first_and_exits_when_it_cannot(tmp_path) -> None:
+    """cmd/cmd.go initializeKeypair runs before the server listens: a home whose ~/.ollama
+    cannot be created (ProtectSystem=full, a read-only /usr) ends the process with exit 1."""
+    from tests.conftest import free_port_range
+
+    port = free_port_range(1)
+    home = tmp_path / "home"
+    home.mkdir()
+    ok = subprocess.Popen([sys.executable, str(FAKE_OLLAMA), "serve"], stdout=subprocess.DEVNULL,
+                          env={"HOME": str(home), "OLLAMA_HOST": f"127.0.0.1:{port}"})
+    try:
+        deadline = time.monotonic() + 10
+        while not (home / ".ollama" / "id_ed25519").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert oct((home / ".ollama").stat().st_mode & 0o777) == "0o755"
+        assert oct((home / ".ollama" / "id_ed25519").stat().st_mode & 0o777) == "0o600"
+    finally:
+        stop([ok])
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    failed = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                             sys.executable, str(FAKE_OLLAMA), "serve"],
+                            env={"HOME": str(locked), "OLLAMA_HOST": f"127.0.0.1:{port}"},
+                            capture_output=True, text=True, timeout=10)
+    assert failed.returncode == 1
+    assert f"Error: could not create directory mkdir {locked}/.ollama: permission denied" in failed.stderr
+    missing = subprocess.run([sys.executable, str(FAKE_OLLAMA), "serve"], env={"OLLAMA_HOST": f"127.0.0.1:{port}"},
+                             capture_output=True, text=True, timeout=10)
+    assert missing.returncode == 1 and "Error: $HOME is not defined" in missing.stderr

@@ -474,3 +474,29 @@ def test_up_refuses_a_taken_gateway_port_before_starting_anything(fleet) -> None
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: listen: port {port} for the gateway is taken by pid {os.getpid()}")
     assert not (fleet.state / "fleet.json").exists()  # no instance was started
+
+
+def test_nginx_sends_requests_again_at_once_when_instances_come_back() -> None:
+    """After every instance failed (a crash loop), nginx answers 502 "no live upstreams"
+    until fail_timeout ends, even to instances back up: it is 1 s, not 10 s."""
+    from tests.conftest import FAKE_OLLAMA, fake_home
+
+    base, procs = start_instances(2)
+    gateway = Gateway(base, 2, engine="nginx")
+    try:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        assert httpx.get(gateway.url + "/api/version").status_code == 502
+        procs[:] = [subprocess.Popen([sys.executable, str(FAKE_OLLAMA), "serve"], stderr=subprocess.DEVNULL,
+                                     env={"PATH": os.environ["PATH"], "HOME": fake_home(),
+                                          "OLLAMA_HOST": f"127.0.0.1:{base + k}"}) for k in range(2)]
+        for k in range(2):
+            wait_answering(f"http://127.0.0.1:{base + k}/api/version")
+        back = time.monotonic()
+        while httpx.get(gateway.url + "/api/version").status_code != 200:
+            assert time.monotonic() - back < 4, "nginx still holds the instances down"
+            time.sleep(0.05)
+    finally:
+        gateway.close()
+        stop(procs)

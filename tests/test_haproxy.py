@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from ollama_fleet.cli import app
 from ollama_fleet.gateway.haproxy import Haproxy, runtime_command
 from ollama_fleet.state import read_actual, read_gateway
-from tests.conftest import FAKE_OLLAMA, free_port_range, require_tool, start_instances, stop, subprocess_env
+from tests.conftest import FAKE_OLLAMA, fake_home, free_port_range, require_tool, start_instances, stop, subprocess_env
 from tests.test_gateway import Gateway
 
 
@@ -83,10 +83,33 @@ def test_a_killed_instance_is_marked_down_within_3s_and_comes_back() -> None:
         assert names == {"gpu0": 20}
         # The same instance answers again on its port: the checks bring it back by themselves.
         procs[1] = subprocess.Popen([sys.executable, str(FAKE_OLLAMA), "serve"], stderr=subprocess.DEVNULL,
-                                    env={"PATH": os.environ["PATH"], "OLLAMA_HOST": f"127.0.0.1:{base + 1}"})
+                                    env={"PATH": os.environ["PATH"], "HOME": fake_home(),
+                                         "OLLAMA_HOST": f"127.0.0.1:{base + 1}"})
         wait_state(gateway, "gpu1", "UP", 5.0)
         names = Counter(httpx.get(gateway.url + "/api/version").headers["x-fleet-instance"] for _ in range(20))
         assert names["gpu1"] > 0
+    finally:
+        gateway.close()
+        stop(procs)
+
+
+def test_a_killed_instance_costs_no_new_request_under_saturating_load() -> None:
+    """4 one-slot instances, 12 streams at a time, so every slot is busy and requests queue
+    at the gateway; one instance is killed mid-run. Its stream in flight is cut (Ollama's
+    process is gone); every other request, the ones that were about to go to it included,
+    is served: the first refused connection marks it down and the request queues again."""
+    from ollama_fleet.bench import run_load
+
+    base, procs = start_instances(4, FAKE_OLLAMA_TPS="200", OLLAMA_NUM_PARALLEL="1")
+    gateway = Gateway(base, 4, engine="haproxy")
+    try:
+        killer = threading.Timer(1.0, procs[1].kill)
+        killer.start()
+        result = run_load([gateway.url], "llama3.2", concurrency=12, requests=120, num_predict=20)
+        killer.join()
+        assert len(result.samples) == 120
+        assert sum(result.errors.values()) <= 1 and set(result.errors) <= {"stream cut"}, result.errors
+        assert result.split["gpu1"] < 30 and stats(gateway)["gpu1"].state.startswith("DOWN")
     finally:
         gateway.close()
         stop(procs)
@@ -241,3 +264,22 @@ def test_status_shows_stats_from_the_runtime_api(tmp_path: Path) -> None:
         gateway.close()
         stop(procs)
     assert engine_named("haproxy").stats(tmp_path) is None  # no socket: no stats, no error
+
+
+def test_a_user_without_access_to_the_admin_socket_is_told_why(tmp_path: Path) -> None:
+    """The admin socket is 0600, root's: as another user, status and restart --rolling say
+    that (and how to get access) instead of "HAProxy's runtime API does not answer"."""
+    import shutil
+    import tempfile
+
+    prefix = Path(tempfile.mkdtemp(prefix="fleet-sock-"))
+    try:
+        prefix.chmod(0o755)
+        (prefix / "admin.sock").touch(mode=0o600)
+        code = ("from pathlib import Path; from ollama_fleet.gateway.haproxy import Haproxy\n"
+                f"try:\n    Haproxy().stats(Path({str(prefix)!r}))\nexcept Exception as exc:\n    print(exc)")
+        proc = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+                               "-c", code], capture_output=True, text=True, env=subprocess_env())
+        assert "admin socket" in proc.stdout and "mode 0600, root's: run this as root" in proc.stdout, proc.stderr
+    finally:
+        shutil.rmtree(prefix)

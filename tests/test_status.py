@@ -273,14 +273,14 @@ def test_watch_redraws_in_place_until_interrupted(fleet) -> None:
 def test_an_ollama_serve_the_fleet_did_not_start_is_reported(fleet, tmp_path: Path) -> None:
     """A stock ollama.service (here: the fake, run under the name `ollama`) may hold GPU
     memory: plan, up and status say so; the fleet's own instances are not reported."""
-    from tests.conftest import FAKE_OLLAMA, wait_answering
+    from tests.conftest import FAKE_OLLAMA, fake_home, wait_answering
 
     binary = tmp_path / "bin" / "ollama"
     binary.parent.mkdir()
     binary.symlink_to(FAKE_OLLAMA)
     port = free_port_range(1)
-    stock = subprocess.Popen([str(binary), "serve"], env={"PATH": os.environ["PATH"], "OLLAMA_HOST": f"127.0.0.1:{port}"},
-                             stderr=subprocess.DEVNULL)
+    stock = subprocess.Popen([str(binary), "serve"], stderr=subprocess.DEVNULL,
+                             env={"PATH": os.environ["PATH"], "HOME": fake_home(), "OLLAMA_HOST": f"127.0.0.1:{port}"})
     try:
         wait_answering(f"http://127.0.0.1:{port}/api/version")
         plan = fleet.run("plan")
@@ -292,3 +292,31 @@ def test_an_ollama_serve_the_fleet_did_not_start_is_reported(fleet, tmp_path: Pa
     finally:
         stock.kill()
         stock.wait()
+
+
+def test_the_status_table_fits_80_columns_with_the_haproxy_column() -> None:
+    """A wide case: a MIG instance name, restarts, a slow probe, a busy drained instance."""
+    from rich.console import Console
+
+    from ollama_fleet.cli import _status_view
+    from ollama_fleet.gateway import ServerStats
+    from ollama_fleet.status import GatewayStatus, InstanceStatus, NvmlStatus, StatusReport
+
+    wide = InstanceStatus(name="gpu10-mig1", address="127.0.0.1:11544", gpus=["10-mig1"], pid=4194304,
+                          uptime_s=2 * 86400 + 3 * 3600, restarts=12, healthy=True, latency_ms=1234.5,
+                          version="0.33.0-rc2", devices=["CUDA MIG-x"],
+                          gateway=ServerStats(state="DRAIN", queued=3, in_flight=4))
+    down = InstanceStatus(name="gpu0_1", address="127.0.0.1:11534", gpus=["0", "1"], gateway=ServerStats(
+        state="DOWN 1/2", queued=0, in_flight=0), error="refused")
+    wrong = InstanceStatus(name="gpu2", address="127.0.0.1:11536", gpus=["2"], version="0.33.0-rc2",
+                           error="sees Vulkan 0 (0000:10:00.0) beyond its pin: a non-CUDA backend ignores it")
+    report = StatusReport(source="systemd", nvml=NvmlStatus(available=False), gpus=[], instances=[wide, down, wrong],
+                          gateway=GatewayStatus(engine="haproxy", listen="0.0.0.0:8080", up=True, queued=5))
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    console.print(_status_view(report))
+    text = console.export_text()
+    assert "…" not in text, text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "gpu10-mig1" in text and "↻12" in text and "DRAIN 4 busy 3 queued" in text
+    assert "WRONG GPU" in text and "gpu2: sees Vulkan 0 (0000:10:00.0) beyond its pin" in text.replace("\n", " ")
+    assert "gpu0_1: refused" in text

@@ -199,7 +199,8 @@ def test_a_snippet_nginx_rejects_leaves_the_old_one(tmp_path: Path, ollama_bin: 
 
 
 def fake_systemctl_path(tmp_path: Path) -> str:
-    return f"{FAKES / 'bin'}:{os.path.dirname(sys.executable)}"
+    """The fake systemctl and journalctl first (they need cat, grep and tail after them)."""
+    return f"{FAKES / 'bin'}:{os.path.dirname(sys.executable)}:/usr/bin:/bin"
 
 
 @pytest.mark.parametrize("state", [None, "offline"])
@@ -227,12 +228,32 @@ def test_unprivileged_against_the_real_root_is_refused(monkeypatch: pytest.Monke
 
 
 @pytest.fixture
+def service_user():
+    """A system user made for the test, with a home of its own (Ollama writes its key in
+    ~/.ollama, so install-systemd refuses a user without a home, such as nobody); removed
+    afterwards."""
+    require_root()
+    require_tool("useradd")
+    name = f"fleet-test-{os.getpid() % 100000}"
+    home = Path(tempfile.mkdtemp(prefix="fleet-test-home-"))
+    home.chmod(0o755)
+    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", str(home),
+                    "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    try:
+        shutil.chown(home, name, name)
+        yield name, home
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
 def real_root(tmp_path: Path):
     """Install into the real /etc with a fake systemctl; every file is removed afterwards."""
     require_root()  # it writes /etc
     if Path("/etc/ollama-fleet").exists() or Path("/etc/systemd/system/ollama-fleet@.service").exists():
         pytest.fail("this machine already has an ollama-fleet install; the test will not touch it")
-    # The service user (nobody here) must reach and write it: not under root's 0700 tmp_path.
+    # The service user must reach and write it: not under root's 0700 tmp_path.
     models = Path(tempfile.mkdtemp(prefix="fleet-models%"))
     models.chmod(0o777)
     calls = tmp_path / "calls"
@@ -246,10 +267,13 @@ def real_root(tmp_path: Path):
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 
-def test_enable_path_calls_systemctl_and_restarts_only_what_changed(tmp_path: Path, ollama_bin: Path, real_root) -> None:
+def test_enable_path_calls_systemctl_and_restarts_only_what_changed(tmp_path: Path, ollama_bin: Path, real_root,
+                                                                    service_user) -> None:
     env, calls = real_root
+    user, home = service_user
     path = fake_systemctl_path(tmp_path)
-    args = ["install-systemd", "--ollama-bin", str(ollama_bin), "--user", "nobody", "--no-gateway"]
+    # --no-wait: the fake systemctl starts nothing that could answer.
+    args = ["install-systemd", "--ollama-bin", str(ollama_bin), "--user", user, "--no-gateway", "--no-wait"]
 
     def run(*extra: str, gpus: int = 2) -> list[str]:
         calls.unlink(missing_ok=True)
@@ -258,7 +282,11 @@ def test_enable_path_calls_systemctl_and_restarts_only_what_changed(tmp_path: Pa
         return calls.read_text().splitlines() if calls.exists() else []
 
     assert run() == ["daemon-reload", "enable --now ollama-fleet.target"]
-    assert "User=nobody" in Path("/etc/systemd/system/ollama-fleet@.service").read_text()
+    assert f"User={user}" in Path("/etc/systemd/system/ollama-fleet@.service").read_text()
+    # Ollama writes its key to ~/.ollama before it listens: the dir exists, the user's own.
+    state = home / ".ollama"
+    assert state.is_dir() and state.owner() == user and oct(state.stat().st_mode & 0o777) == "0o755"
+    assert f"ReadWritePaths=-{state}" in Path("/etc/systemd/system/ollama-fleet@.service").read_text()
     assert run() == ["enable --now ollama-fleet.target"]  # unchanged: nothing restarted
     assert run("--keep-alive", "1h") == [
         "try-restart ollama-fleet@gpu0.service ollama-fleet@gpu1.service", "enable --now ollama-fleet.target",
@@ -291,7 +319,9 @@ def test_a_models_dir_the_user_cannot_write_is_exit_3(tmp_path: Path, ollama_bin
     result = install(tmp_path, "install-systemd", "--ollama-bin", str(ollama_bin), "--user", "nobody", gpus=1,
                      path=fake_systemctl_path(tmp_path), **{**env, "OLLAMA_FLEET_MODELS_DIR": str(private)})
     assert result.returncode == 3, result.stderr
-    assert f"user nobody cannot read and write {private}" in result.stderr
+    # Said once, with the reason a chown cannot mend: a parent nobody may pass.
+    assert f"user nobody can never reach {private}" in result.stderr and "mode 0700" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert not Path("/etc/ollama-fleet").exists()
 
 
@@ -306,16 +336,17 @@ def test_protect_home_only_when_the_models_dir_is_outside_home(models: str, prot
     assert f"ReadWritePaths=-{models}\n" in unit
 
 
-def test_restart_of_a_systemd_fleet_uses_systemctl(tmp_path: Path, ollama_bin: Path, real_root) -> None:
+def test_restart_of_a_systemd_fleet_uses_systemctl(tmp_path: Path, ollama_bin: Path, real_root, service_user) -> None:
     from tests.conftest import start_instances, stop
 
     env, calls = real_root
     base, procs = start_instances(2)  # stand-ins for the units' processes, on their ports
     try:
         path = fake_systemctl_path(tmp_path)
-        result = install(tmp_path, "install-systemd", "--ollama-bin", str(ollama_bin), "--user", "nobody",
+        result = install(tmp_path, "install-systemd", "--ollama-bin", str(ollama_bin), "--user", service_user[0],
                          "--no-gateway", "--base-port", str(base), path=path, **env)
         assert result.returncode == 0, result.stderr
+        assert "all 2 instance(s) answer" in result.stdout  # it waited for them
         calls.unlink()
         result = install(tmp_path, "restart", "gpu1", path=path, **env)
         assert result.returncode == 0, result.stderr
@@ -327,20 +358,92 @@ def test_restart_of_a_systemd_fleet_uses_systemctl(tmp_path: Path, ollama_bin: P
         stop(procs)
 
 
-def test_switching_the_gateway_from_haproxy_to_nginx_stops_the_old_unit(tmp_path: Path, ollama_bin: Path, real_root) -> None:
+def test_switching_the_gateway_from_haproxy_to_nginx_stops_the_old_unit(tmp_path: Path, ollama_bin: Path, real_root,
+                                                                         service_user) -> None:
     require_tool("haproxy")
     require_tool("nginx")
     env, calls = real_root
     path = fake_systemctl_path(tmp_path)
-    args = ["install-systemd", "--ollama-bin", str(ollama_bin), "--user", "nobody", "--listen", "127.0.0.1:18080"]
+    args = ["install-systemd", "--ollama-bin", str(ollama_bin), "--user", service_user[0],
+            "--listen", "127.0.0.1:18080", "--no-wait"]
     assert install(tmp_path, *args, "--engine", "haproxy", path=path, **env).returncode == 0
     assert Path("/etc/systemd/system/ollama-fleet-gateway.service").exists()
     calls.unlink()
     result = install(tmp_path, *args, "--engine", "nginx", path=path, **env)
     assert result.returncode == 0, result.stderr
+    # nginx takes the port over first (both listen with SO_REUSEPORT), then the old one goes.
     assert calls.read_text().splitlines() == [
-        "stop ollama-fleet-gateway.service", "daemon-reload", "enable --now ollama-fleet.target", "reload nginx.service",
+        "daemon-reload", "enable --now ollama-fleet.target", "reload nginx.service", "stop ollama-fleet-gateway.service",
     ]
     assert not Path("/etc/systemd/system/ollama-fleet-gateway.service").exists()
     assert not Path("/etc/ollama-fleet/haproxy.cfg").exists()
     assert Path("/etc/nginx/conf.d/ollama-fleet.conf").exists()
+
+
+def test_nginx_not_running_is_started_and_said(tmp_path: Path, ollama_bin: Path, real_root, service_user) -> None:
+    """The snippet is served only by a running nginx: install starts a stopped one and says
+    so, and checks again on every run (a second run after a failed start mends it)."""
+    require_tool("nginx")
+    env, calls = real_root
+    path = fake_systemctl_path(tmp_path)
+    args = ["install-systemd", "--ollama-bin", str(ollama_bin), "--user", service_user[0],
+            "--listen", "127.0.0.1:18080", "--no-wait"]
+    first = install(tmp_path, *args, path=path, FAKE_SYSTEMCTL_INACTIVE="nginx.service", **env)
+    assert first.returncode == 0, first.stderr
+    assert "nginx.service was not running: started it" in first.stdout
+    assert calls.read_text().splitlines()[-1] == "start nginx.service"
+    calls.unlink()
+    again = install(tmp_path, *args, path=path, **env)
+    assert again.returncode == 0 and "unchanged" in again.stdout and "not running" not in again.stdout
+    assert calls.read_text().splitlines() == ["enable --now ollama-fleet.target"]
+
+
+def test_install_waits_and_fails_with_the_journal_of_what_did_not_come_up(tmp_path: Path, ollama_bin: Path, real_root,
+                                                                         service_user) -> None:
+    """`Type=exec` reports a start as soon as the process runs: install asks each instance
+    instead, and names the one that never answered with its journal's last lines."""
+    from tests.conftest import FAKE_OLLAMA, fake_home, free_port_range, stop
+
+    env, _ = real_root
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    (journal / "ollama-fleet@gpu1.service.log").write_text(
+        "Couldn't find '/usr/share/ollama/.ollama/id_ed25519'. Generating new private key.\n"
+        "Error: could not create directory mkdir /usr/share/ollama/.ollama: read-only file system\n")
+    base = free_port_range(2)
+    # gpu0's unit "runs" (a stand-in on its port); gpu1's crash-loops, as its journal says.
+    procs = [subprocess.Popen([sys.executable, str(FAKE_OLLAMA), "serve"], stderr=subprocess.DEVNULL,
+                              env={"PATH": os.environ["PATH"], "HOME": fake_home(), "OLLAMA_HOST": f"127.0.0.1:{base}"})]
+    try:
+        result = install(tmp_path, "install-systemd", "--ollama-bin", str(ollama_bin), "--user", service_user[0],
+                         "--no-gateway", "--base-port", str(base), "--wait-timeout", "2",
+                         path=fake_systemctl_path(tmp_path), FAKE_JOURNAL_DIR=str(journal), **env)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "gpu1 did not answer GET /api/version within 2s; last lines of journalctl -u ollama-fleet@gpu1.service:" \
+            in result.stderr
+        assert "read-only file system" in result.stderr and "gpu0" not in result.stderr
+    finally:
+        stop(procs)
+
+
+def test_the_default_models_dir_is_the_service_users_own(tmp_path: Path, ollama_bin: Path, real_root,
+                                                          service_user) -> None:
+    """Run as root with no models dir: not /root/.ollama/models (root's 0700 home, which the
+    service user can never reach) but the service user's ~/.ollama/models."""
+    env, _ = real_root
+    user, home = service_user
+    environ = subprocess_env(FAKE_NVML_GPUS="1", PATH=fake_systemctl_path(tmp_path),
+                             FAKE_SYSTEMCTL_LOG=env["FAKE_SYSTEMCTL_LOG"])
+    environ.pop("OLLAMA_FLEET_MODELS_DIR", None)
+    argv = [sys.executable, "-m", "ollama_fleet", "install-systemd", "--ollama-bin", str(ollama_bin),
+            "--user", user, "--no-gateway", "--no-wait"]
+    missing = subprocess.run(argv, env=environ, capture_output=True, text=True)
+    assert missing.returncode == 3
+    assert f"models_dir: {home}/.ollama/models does not exist (create it, owned by {user}" in missing.stderr
+    (home / ".ollama" / "models").mkdir(parents=True)
+    shutil.chown(home / ".ollama", user, user)
+    shutil.chown(home / ".ollama" / "models", user, user)
+    done = subprocess.run(argv, env=environ, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    unit = Path("/etc/systemd/system/ollama-fleet@.service").read_text()
+    assert f"ReadWritePaths=-{home}/.ollama/models" in unit

@@ -162,8 +162,9 @@ def _discover(config: FleetConfig) -> Discovery:
     return found
 
 
-def _plan(config: FleetConfig) -> Plan:
-    result = plan(config, _discover(config), inspect_models_dir(config))
+def _plan(config: FleetConfig, home: Path | None = None) -> Plan:
+    """The plan; `home`: whose ~/.ollama/models is the default models dir (else the caller's)."""
+    result = plan(config, _discover(config), inspect_models_dir(config, home))
     assert config.state_dir is not None
     actual = read_actual(config.state_dir) if (config.state_dir / DESIRED).exists() else None
     _warn_others(foreign_ollama({st.pid for st in actual.instances.values() if st.pid} if actual else set()))
@@ -652,7 +653,8 @@ def _view_table(*columns: Any, title: str) -> Table:
     """status's tables: light borders and single spacing, so a whole row fits 80 columns."""
     from rich import box
 
-    return Table(*columns, title=title, title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    return Table(*columns, title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=0,
+                 pad_edge=False)
 
 
 def _status_view(report: Any) -> Group:
@@ -670,20 +672,31 @@ def _status_view(report: Any) -> Group:
             used_by.get(g.label.removeprefix("gpu"), "-"),
         )
     queues = any(i.gateway is not None for i in report.instances)
-    columns = ["instance", "GPUs", Column("address", no_wrap=True), "pid", "uptime", "restarts", "health", "version"]
-    instances = _view_table(*columns, *(["gateway"] if queues else []), title=f"instances (started by {report.source})")
+    # Under 80 columns, nothing cut: every instance listens on loopback (the port says
+    # where), restarts ride with the uptime, one Ollama version goes in the title, and what
+    # is wrong with an instance is said under the table, in full.
+    versions = sorted({i.version for i in report.instances if i.version})
+    title = f"instances (started by {report.source})" + (f", Ollama {versions[0]}" if len(versions) == 1 else "")
+    columns = [Column(name, no_wrap=True) for name in ("instance", "GPUs", "port", "pid", "uptime")]
+    columns += [Column("health", no_wrap=True)]
+    columns += [Column("version", no_wrap=True)] if len(versions) > 1 else []
+    columns += [Column("gateway", no_wrap=True)] if queues else []
+    instances = _view_table(*columns, title=title)
+    problems: list[Text] = []
     placement = any(i.placed for i in report.instances)
     models = _view_table("instance", "model", "VRAM", "unloads in", *(["placement"] if placement else []), title="models")
     for i in report.instances:
         if i.healthy:
-            health = Text(f"ok {i.latency_ms:.0f} ms", style="green")
+            health = Text(f"ok {i.latency_ms:.0f}ms", style="green")
         else:  # it answers, but on devices not its own (its log says which), or it does not answer
-            health = Text(f"{'WRONG DEVICES' if i.version else 'DOWN'}: {i.error}", style="bold red")
+            health = Text("WRONG GPU" if i.version else "DOWN", style="bold red")
+            problems.append(Text(f"{i.name}: {i.error}", style="red"))
         # ✓: Ollama's own log says it runs on exactly these GPUs.
         pinned = ",".join(i.gpus) + (" ✓" if i.healthy and i.devices else "")
+        uptime = _duration(i.uptime_s) + (f" ↻{i.restarts}" if i.restarts else "")
         instances.add_row(
-            i.name, pinned, i.address, str(i.pid or "-"), _duration(i.uptime_s),
-            "-" if i.restarts is None else str(i.restarts), health, i.version or "-",
+            i.name, pinned, i.address.rsplit(":", 1)[-1], str(i.pid or "-"), uptime, health,
+            *([i.version or "-"] if len(versions) > 1 else []),
             *([_server(i.gateway)] if queues else []),
             style=None if i.healthy else "red",
         )
@@ -704,17 +717,19 @@ def _status_view(report: Any) -> Group:
     else:
         gateway = Text.assemble("gateway: ", (f"{gw.engine} DOWN ({gw.error})", "bold red"), f", should listen on {gw.listen}")
     parts: list[Any] = [gpus] if report.gpus else []
-    parts += [instances, models] if models.rows else [instances]
-    return Group(*parts, gateway)
+    parts += [instances, *problems]
+    parts += [models] if models.rows else []
+    notes = [Text(f"note: {gw.note}", style="yellow")] if gw.note else []
+    return Group(*parts, gateway, *notes)
 
 
 def _server(stats: Any) -> str:
-    """What HAProxy says of an instance: "UP, 2 in flight", "DOWN", "DRAIN, 1 in flight"."""
+    """What HAProxy says of an instance: "UP 2 busy", "DOWN", "DRAIN 1 busy 1 queued"."""
     if stats is None:
         return "-"
-    counts = [f"{stats.in_flight} in flight"] if stats.in_flight else []
+    counts = [f"{stats.in_flight} busy"] if stats.in_flight else []
     counts += [f"{stats.queued} queued"] if stats.queued else []
-    return ", ".join([stats.state, *counts])
+    return " ".join([stats.state, *counts])
 
 
 def _duration(seconds: float | None) -> str:
@@ -879,14 +894,17 @@ def install_systemd_command(
     root: RootOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the diff of what would change; write nothing")] = False,
     enable: Annotated[bool, typer.Option("--enable/--no-enable", help="daemon-reload, enable --now the target, reload nginx")] = True,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="after enabling, wait until every instance and the gateway answer (--wait-timeout)")] = True,
+    wait_timeout: WaitTimeoutOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Install the fleet as systemd units: one ollama-fleet@ instance per GPU, one target, the gateway."""
     from ollama_fleet import systemd
 
     cfg = _config(config, verbose, **_settings(locals()))
-    result = _plan(cfg)
     name = cfg.user or systemd.DEFAULT_USER
+    # The service user's own ~/.ollama/models, not root's (/root is 0700: never theirs).
+    result = _plan(cfg, home=systemd.home_of(name))
     staging = root is not None
     base = root.absolute() if root is not None else Path("/")
     if not staging and not dry_run and not systemd.is_root():
@@ -898,7 +916,7 @@ def install_systemd_command(
         if not md.exists:
             raise Missing(f"models_dir: {md.path} does not exist (create it, owned by {name}, or pass --models-dir)")
         if not systemd.can_use(md.path, account):
-            raise Missing(f"models_dir: user {name} cannot read and write {md.path} (chown -R {name}: {md.path}, or pass --user)")
+            raise Missing(f"models_dir: {systemd.why_not_usable(md.path, account)}")
     service = systemd.Service(
         ollama_bin=resolve_binary(cfg.ollama_bin),
         user=name,
@@ -912,6 +930,11 @@ def install_systemd_command(
         # Checked before anything is written: a config the engine rejects leaves the old one.
         gw = systemd.gateway_install(gateway_engine, spec, systemd.haproxy_user())
     files = systemd.render_units(result.instances, service, gw.files if gw else ())
+    if not staging and not dry_run:
+        # Ollama writes its key to ~/.ollama before it listens, and exits when it cannot
+        # (ProtectSystem=full makes /usr read-only but for ReadWritePaths, which skips a
+        # dir that does not exist): a missing one is a crash loop.
+        systemd.prepare_home(account)
     report = systemd.install(
         files, result.instances, gw.manifest if gw else None, root=base, dry_run=dry_run, systemctl=systemctl,
         redact=gateway_engine.redact if gateway_engine else str, reloads=gw.reloads if gw else None,
@@ -933,11 +956,23 @@ def install_systemd_command(
     for verb, names in (("started", report.started), ("restarted", report.restarted), ("stopped", report.stopped)):
         if names and systemctl is not None:
             out.print(f"{verb}: {', '.join(names)}")
+    for note in report.notes:
+        out.print(note, soft_wrap=True)
     if systemctl is None:
         what = "staged" if staging else "written"
         out.print(f"{what}; to start: systemctl daemon-reload && systemctl enable --now {systemd.TARGET}", soft_wrap=True)
-    else:
-        out.print(f"enabled {systemd.TARGET}; logs: journalctl -u 'ollama-fleet@*'")
+        return
+    out.print(f"enabled {systemd.TARGET}; logs: journalctl -u 'ollama-fleet@*'")
+    if wait:
+        # `Type=exec` reports a start as soon as the process runs: ask each one instead.
+        with err.status(f"waiting for {len(result.instances)} instance(s) and the gateway to answer"):
+            problems = systemd.wait_started(
+                result.instances, spec.probe_url if spec else None,
+                gw.unit if gw else None, cfg.wait_timeout,
+            )
+        if problems:
+            raise UserError("\n".join(problems))
+        out.print(f"all {len(result.instances)} instance(s) answer on their own GPUs" + (", and the gateway" if gw else ""))
 
 
 @command("uninstall-systemd")

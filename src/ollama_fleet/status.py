@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+import psutil
 from pydantic import BaseModel, Field, computed_field
 
 from ollama_fleet import pinning, probe, systemd
@@ -69,6 +70,7 @@ class GatewayStatus(BaseModel):
     error: str | None = None
     reason: str | None = None  # why there is no gateway
     queued: int | None = None  # requests waiting at the gateway for a free instance (HAProxy)
+    note: str | None = None  # why its own counts are missing (no right to read them)
 
 
 class NvmlStatus(BaseModel):
@@ -152,11 +154,17 @@ def _from_systemd(root: Path) -> tuple[list[_Member], GatewayStatus, dict[str, P
         return None
     members = []
     for m in manifest.instances:
-        proc = listener(m.port)
-        lines = systemd.journal_lines(systemd.unit_of(m.name)) if proc else None
+        unit = systemd.unit_of(m.name)
+        # systemd knows the process and its restarts and tells any user; sockets of another
+        # user's processes are root's to see, so the listener is only the fallback.
+        facts = systemd.unit_facts(unit)
+        proc = _process(int(facts.get("MainPID") or 0)) or listener(m.port)
+        lines = systemd.journal_lines(unit) if proc else None
+        restarts = facts.get("NRestarts", "")
         members.append(_Member(
             name=m.name, address=m.address, port=m.port, pin=m.gpus,
             pid=proc.pid if proc else None, started_at=proc.create_time() if proc else None,
+            restarts=int(restarts) if restarts.isdigit() else None,
             devices=pinning.devices(lines) if lines is not None else None,
         ))
     gw = manifest.gateway
@@ -165,6 +173,13 @@ def _from_systemd(root: Path) -> tuple[list[_Member], GatewayStatus, dict[str, P
         if gw else GatewayStatus(engine=None, reason="not installed")
     )
     return members, gateway, manifest.models
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid) if pid > 0 else None
+    except psutil.Error:
+        return None
 
 
 def _gpus() -> tuple[list[Gpu], NvmlStatus]:
@@ -189,7 +204,10 @@ def gather(state_dir: Path, timeout: float, system_root: Path = Path("/")) -> St
     placed = _placement(models)
     gpus, nvml = _gpus()
     facts, gateway_error = probe.gather_facts([m.address for m in members], gateway.url, timeout)
-    counts = engine_named(gateway.engine).stats(gateway.prefix) if gateway.engine and gateway.prefix else None
+    try:
+        counts = engine_named(gateway.engine).stats(gateway.prefix) if gateway.engine and gateway.prefix else None
+    except UserError as exc:  # its counts are root's to read: say so instead of leaving them out
+        counts, gateway.note = None, str(exc)
     servers = counts.servers if counts else {}
     gateway.queued = counts.queued if counts else None
     now = time.time()

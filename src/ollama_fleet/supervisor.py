@@ -152,7 +152,7 @@ def foreign_ollama(ours: set[int]) -> list[str]:
             cmdline = proc.info["cmdline"] or []
             # The binary itself, or a script named ollama run by its interpreter.
             named = proc.info["name"] == "ollama" or any(Path(arg).name == "ollama" for arg in cmdline[:2])
-            if not named or "serve" not in cmdline[1:] or proc.pid in ours:
+            if not named or "serve" not in cmdline[1:] or proc.pid in ours or _fleet_unit(proc.pid):
                 continue
             ports = [f"{c.laddr.ip}:{c.laddr.port}" for c in proc.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
         except psutil.Error:
@@ -160,6 +160,14 @@ def foreign_ollama(ours: set[int]) -> list[str]:
         where = ", ".join(ports) or "not listening"
         found.append(f"pid {proc.pid} (user {proc.info['username']}, {where})")
     return found
+
+
+def _fleet_unit(pid: int) -> bool:
+    """Does the process run in one of the fleet's own systemd units (ollama-fleet@gpu0.service)?"""
+    try:
+        return "/ollama-fleet@" in Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
 
 
 def with_log_tail(message: str, path: Path, lines: int = 10) -> str:

@@ -15,6 +15,7 @@ import pwd
 import stat
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
@@ -33,6 +34,7 @@ CONF_DIR = PurePosixPath("/etc/ollama-fleet")
 NGINX_SNIPPET = PurePosixPath("/etc/nginx/conf.d/ollama-fleet.conf")
 HAPROXY_CFG = CONF_DIR / "haproxy.cfg"
 GATEWAY_UNIT = "ollama-fleet-gateway.service"
+NGINX_UNIT = "nginx.service"
 RUN_DIR = PurePosixPath("/run/ollama-fleet")  # the gateway unit's RuntimeDirectory=
 MANIFEST = CONF_DIR / "manifest.json"
 TEMPLATE_UNIT = "ollama-fleet@.service"
@@ -104,6 +106,7 @@ class GatewayInstall:
     files: tuple[RenderedFile, ...]
     reloads: dict[str, tuple[str, ...]]  # path -> systemctl arguments to run when it changed
     manifest: ManifestGateway
+    unit: str  # the systemd unit that serves it (its journal explains a failure)
 
 
 def gateway_install(engine: Engine, spec: GatewaySpec, haproxy_user: tuple[str, str] | None) -> GatewayInstall:
@@ -115,8 +118,9 @@ def gateway_install(engine: Engine, spec: GatewaySpec, haproxy_user: tuple[str, 
         engine.check(content, standalone=False)
         return GatewayInstall(
             files=(RenderedFile(Path(NGINX_SNIPPET), content, mode),),
-            reloads={str(NGINX_SNIPPET): ("reload", "nginx.service")},
+            reloads={str(NGINX_SNIPPET): ("reload", NGINX_UNIT)},
             manifest=ManifestGateway(engine="nginx", listen=str(spec.listen), url=spec.probe_url),
+            unit=NGINX_UNIT,
         )
     content = engine.render(spec, standalone=True, prefix=Path(RUN_DIR), user=haproxy_user)
     engine.check(content, standalone=True)
@@ -126,6 +130,7 @@ def gateway_install(engine: Engine, spec: GatewaySpec, haproxy_user: tuple[str, 
         # try-: a gateway this install is about to start is started by `enable --now` instead.
         reloads={str(HAPROXY_CFG): ("try-reload-or-restart", GATEWAY_UNIT)},
         manifest=ManifestGateway(engine="haproxy", listen=str(spec.listen), url=spec.probe_url, prefix=Path(RUN_DIR)),
+        unit=GATEWAY_UNIT,
     )
 
 
@@ -202,17 +207,71 @@ class Systemctl:
             detail = proc.stderr.strip().splitlines()
             raise UserError(f"systemctl {' '.join(args)} failed: {detail[-1] if detail else f'exit {proc.returncode}'}")
 
+    def is_active(self, unit: str) -> bool:
+        return subprocess.run([self.path, "is-active", "--quiet", unit], capture_output=True).returncode == 0
+
+
+def unit_facts(unit: str) -> dict[str, str]:
+    """`systemctl show` of a unit (MainPID, NRestarts, InvocationID, ...): readable by any
+    user, unlike the listening sockets of another user's processes. Empty without systemd."""
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        return {}
+    shown = subprocess.run([systemctl, "show", "-p", "MainPID", "-p", "NRestarts", "-p", "InvocationID", unit],
+                           capture_output=True, text=True)
+    if shown.returncode != 0:
+        return {}
+    return dict(line.split("=", 1) for line in shown.stdout.splitlines() if "=" in line)
+
+
+def journal_tail(unit: str, lines: int = 10) -> str:
+    """The unit's last journal lines, indented, to explain a failure ("" when unreadable)."""
+    journalctl = shutil.which("journalctl")
+    if journalctl is None:
+        return ""
+    proc = subprocess.run([journalctl, "-u", unit, "-n", str(lines), "-o", "cat", "--no-pager", "-q"],
+                          capture_output=True, text=True)
+    tail = proc.stdout.strip().splitlines() if proc.returncode == 0 else []
+    return f"; last lines of journalctl -u {unit}:\n" + "\n".join("    " + line for line in tail) if tail else ""
+
+
+def wait_started(instances: tuple[Instance, ...], gateway_url: str | None, gateway_unit: str | None,
+                 timeout: float) -> list[str]:
+    """After `enable --now`: every instance answers GET /api/version on its own GPUs (its
+    journal's "inference compute" lines) and the gateway answers, within `timeout`; else
+    what did not, with its journal's last lines."""
+    from ollama_fleet import pinning, probe
+
+    pending = {i.address: i for i in instances}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        answered = probe.versions(list(pending), timeout=1.0)
+        for address, version in answered.items():
+            if version is not None:
+                pending.pop(address)
+        if pending:
+            time.sleep(0.2)
+    problems = [f"{i.name} did not answer GET /api/version within {timeout:g}s{journal_tail(unit_of(i.name))}"
+                for i in pending.values()]
+    answering = [i for i in instances if i.address not in pending]
+    found = {}
+    for inst in answering:
+        lines = journal_lines(unit_of(inst.name))
+        found[inst.name] = pinning.devices(lines) if lines is not None else None
+    wrong, _ = pinning.check(answering, found)
+    problems += [why + journal_tail(unit_of(name)) for name, why in wrong.items()]
+    if gateway_url is not None and not probe.gateway_answers(gateway_url, max(1.0, deadline - time.monotonic())):
+        problems.append(f"the gateway did not answer on {gateway_url}{journal_tail(gateway_unit or NGINX_UNIT)}")
+    return problems
+
 
 def journal_lines(unit: str) -> list[str] | None:
     """What the unit's current run wrote (its journal entries under its InvocationID), or
     None where the journal cannot tell (no systemd, or no right to read it: as a user, join
     the systemd-journal group)."""
-    systemctl, journalctl = shutil.which("systemctl"), shutil.which("journalctl")
-    if systemctl is None or journalctl is None:
-        return None
-    shown = subprocess.run([systemctl, "show", "-p", "InvocationID", "--value", unit], capture_output=True, text=True)
-    invocation = shown.stdout.strip()
-    if shown.returncode != 0 or not invocation:
+    invocation = unit_facts(unit).get("InvocationID")
+    journalctl = shutil.which("journalctl")
+    if not invocation or journalctl is None:
         return None
     proc = subprocess.run([journalctl, f"_SYSTEMD_INVOCATION_ID={invocation}", "-o", "cat", "--no-pager", "-q"],
                           capture_output=True, text=True)
@@ -231,6 +290,7 @@ class InstallReport:
     restarted: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     diff: str = ""
+    notes: list[str] = field(default_factory=list)  # what it did beyond the fleet's own units
 
 
 def _current(path: Path) -> tuple[str, int] | None:
@@ -315,8 +375,6 @@ def install(
         units_changed = any(p.startswith(str(UNIT_DIR)) for p in [*changed, *stale])
         if report.stopped:
             systemctl("stop", *map(unit_of, report.stopped))
-        if str(UNIT_DIR / GATEWAY_UNIT) in stale:  # the gateway moved to nginx: free its port first
-            systemctl("stop", GATEWAY_UNIT)
         if units_changed:
             systemctl("daemon-reload")
         if report.restarted:
@@ -325,12 +383,29 @@ def install(
         if str(UNIT_DIR / GATEWAY_UNIT) in changed and old and str(UNIT_DIR / GATEWAY_UNIT) in old.files:
             systemctl("try-restart", GATEWAY_UNIT)
         systemctl("enable", "--now", TARGET)
+        # A gateway that moves (nginx <-> HAProxy) hands the port over with no gap: both
+        # listen with SO_REUSEPORT, so the new one binds beside the old, which goes after.
+        if str(NGINX_SNIPPET) in new_paths:
+            _ensure_nginx(systemctl, report, reload=str(NGINX_SNIPPET) in changed)
         for path, args in (reloads or {}).items():
-            if path in changed:
+            if path in changed and path != str(NGINX_SNIPPET):
                 systemctl(*args)
+        if str(UNIT_DIR / GATEWAY_UNIT) in stale:  # the gateway moved to nginx
+            systemctl("stop", GATEWAY_UNIT)
         if str(NGINX_SNIPPET) in stale:  # the gateway moved away from nginx
-            systemctl("reload", "nginx.service")
+            systemctl("reload", NGINX_UNIT)
     return report
+
+
+def _ensure_nginx(systemctl: Systemctl, report: InstallReport, reload: bool) -> None:
+    """The snippet is served only by a running nginx: reload it when the snippet changed,
+    and start it when it is not running (every install checks, so a second run mends what
+    a failed first one left)."""
+    if not systemctl.is_active(NGINX_UNIT):
+        systemctl("start", NGINX_UNIT)
+        report.notes.append(f"{NGINX_UNIT} was not running: started it")
+    elif reload:
+        systemctl("reload", NGINX_UNIT)
 
 
 def uninstall(root: Path, systemctl: Systemctl | None = None) -> list[str] | None:
@@ -369,19 +444,51 @@ def service_account(user: str) -> pwd.struct_passwd:
 
 
 def can_use(path: Path, account: pwd.struct_passwd) -> bool:
-    """Whether this user may read and write the dir, every parent on the way included: asked
-    of the kernel itself, in a child process that becomes the user."""
+    """Whether this user may read and write the dir, every parent on the way included."""
+    return can_use_dir(path, account, os.R_OK | os.W_OK | os.X_OK)
+
+
+def can_use_dir(path: Path, account: pwd.struct_passwd, mode: int) -> bool:
+    """access(path, mode) as the user: asked of the kernel itself, in a child process that
+    becomes the user."""
     pid = os.fork()
     if pid == 0:  # the child: become the user, ask, exit with the answer
         try:
             os.setgroups(os.getgrouplist(account.pw_name, account.pw_gid))
             os.setgid(account.pw_gid)
             os.setuid(account.pw_uid)
-            os._exit(0 if os.access(path, os.R_OK | os.W_OK | os.X_OK) else 1)
+            os._exit(0 if os.access(path, mode) else 1)
         except BaseException:
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status) == 0
+
+
+def why_not_usable(path: Path, account: pwd.struct_passwd) -> str:
+    """Why the user cannot use the dir, said once: a parent it can never pass (/root is
+    0700), or the dir itself, which a chown mends."""
+    for parent in reversed(path.parents):
+        if not can_use_dir(parent, account, os.X_OK):
+            mode = stat.S_IMODE(parent.stat().st_mode) if parent.exists() else 0
+            return (f"user {account.pw_name} can never reach {path}: {parent} (mode {mode:04o}) does not let it "
+                    f"through; put the models elsewhere (--models-dir {home_of(account.pw_name)}/.ollama/models), "
+                    "or pass --user")
+    return f"user {account.pw_name} cannot read and write {path} (chown -R {account.pw_name}: {path}, or pass --user)"
+
+
+def prepare_home(account: pwd.struct_passwd) -> None:
+    """~/.ollama of the service user, owned by it: Ollama writes its key there at start
+    (cmd/cmd.go initializeKeypair) and exits when it cannot."""
+    home = Path(account.pw_dir)
+    if not home.is_dir():
+        raise Missing(
+            f"user: the home of {account.pw_name}, {home}, does not exist; Ollama keeps its key in ~/.ollama "
+            f"(mkdir -p {home} && chown {account.pw_name}: {home}, or pass --user)"
+        )
+    state = home / ".ollama"
+    if not state.is_dir():
+        state.mkdir(mode=0o755)
+        os.chown(state, account.pw_uid, account.pw_gid)
 
 
 def group_of(user: str) -> str:

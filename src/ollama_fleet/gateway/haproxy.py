@@ -124,9 +124,12 @@ class Haproxy:
             return None
 
     def stats(self, prefix: Path) -> GatewayStats | None:
-        """The backend's queue and, per instance, its state and requests in flight."""
+        """The backend's queue and, per instance, its state and requests in flight; None when
+        HAProxy does not answer. Raises UserError when this user may not use its socket."""
+        sock = prefix / SOCKET
+        _check_access(sock)
         try:
-            rows = [row for row in _stat_rows(prefix / SOCKET) if row.get("pxname") == BACKEND]
+            rows = [row for row in _stat_rows(sock) if row.get("pxname") == BACKEND]
         except UserError:
             return None
         servers = {
@@ -173,7 +176,16 @@ def _socket(state_dir: Path) -> Path:
     return prefix / SOCKET
 
 
+def _check_access(sock: Path) -> None:
+    if sock.exists() and not os.access(sock, os.R_OK | os.W_OK):
+        raise UserError(
+            f"HAProxy's admin socket {sock} is mode 0600, root's: run this as root to see and steer the "
+            "gateway's queue (drain, per-instance state)"
+        )
+
+
 def _stat_rows(sock: Path) -> list[dict[str, str]]:
+    _check_access(sock)
     text = runtime_command(sock, "show stat")
     if text is None:
         raise UserError(f"HAProxy's runtime API does not answer on {sock}")
