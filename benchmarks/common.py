@@ -38,10 +38,28 @@ class Gateway:
         port = free_port_range(1)
         extra = ["--metrics-port", str(free_port_range(1))] if engine == "haproxy" else ["--standalone"]
         subprocess.run(
-            [sys.executable, "-m", "ollama_fleet", f"render-{engine}", "--check", "--prefix", str(self.prefix),
-             "-o", str(self.conf), "--gpus", ",".join(map(str, range(count))), "--base-port", str(base),
-             "--listen", f"127.0.0.1:{port}", *extra, *flags],
-            check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(FAKES), "FAKE_NVML_GPUS": str(count)},
+            [
+                sys.executable,
+                "-m",
+                "ollama_fleet",
+                f"render-{engine}",
+                "--check",
+                "--prefix",
+                str(self.prefix),
+                "-o",
+                str(self.conf),
+                "--gpus",
+                ",".join(map(str, range(count))),
+                "--base-port",
+                str(base),
+                "--listen",
+                f"127.0.0.1:{port}",
+                *extra,
+                *flags,
+            ],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHONPATH": str(FAKES), "FAKE_NVML_GPUS": str(count)},
         )
         if engine == "nginx":
             subprocess.run(["nginx", "-p", str(self.prefix), "-c", str(self.conf)], check=True)

@@ -42,7 +42,6 @@ def central_queue(lengths: list[int], servers: int, clients: int, tps: float) ->
 
 def main() -> int:
     from common import Gateway, pareto_lengths
-
     from ollama_fleet.bench import quantile, run_load
     from tests.conftest import start_instances, stop
 
@@ -55,27 +54,37 @@ def main() -> int:
                 flags = ["--env", f"OLLAMA_NUM_PARALLEL={slots}"]
                 with Gateway(engine, base, INSTANCES, *flags) as gateway:
                     run_load([gateway.url], "qwen3", concurrency=INSTANCES, requests=INSTANCES, num_predict=2)
-                    r = run_load([gateway.url], "qwen3", concurrency=CONCURRENCY, requests=REQUESTS, num_predict=lengths)
+                    r = run_load(
+                        [gateway.url], "qwen3", concurrency=CONCURRENCY, requests=REQUESTS, num_predict=lengths
+                    )
                     assert not r.errors, r.errors
                     rows.append((slots, engine, r))
         finally:
             stop(procs)
 
     ideal = central_queue(lengths, INSTANCES, CONCURRENCY, TPS)
-    print(f"{INSTANCES} fake instances at {TPS:g} tokens/s per sequence; {REQUESTS} requests, Pareto lengths "
-          f"(seed {SEED}, {sum(lengths)} tokens, longest {max(lengths)}), {CONCURRENCY} in flight")
+    print(
+        f"{INSTANCES} fake instances at {TPS:g} tokens/s per sequence; {REQUESTS} requests, Pareto lengths "
+        f"(seed {SEED}, {sum(lengths)} tokens, longest {max(lengths)}), {CONCURRENCY} in flight"
+    )
     print(f"{'slots':>5} {'gateway':28} {'TTFT p50':>9} {'TTFT p99':>9} {'tokens/s':>9} {'makespan':>9}")
-    print(f"{1:>5} {'central queue (simulated)':28} {quantile(ideal, 0.5) * 1000:7.0f}ms "
-          f"{quantile(ideal, 0.99) * 1000:7.0f}ms")
+    print(
+        f"{1:>5} {'central queue (simulated)':28} {quantile(ideal, 0.5) * 1000:7.0f}ms "
+        f"{quantile(ideal, 0.99) * 1000:7.0f}ms"
+    )
     for slots, engine, r in rows:
         label = "nginx least_conn" if engine == "nginx" else f"haproxy leastconn, maxconn {slots}"
-        print(f"{slots:>5} {label:28} {r.ttft(0.5) * 1000:7.0f}ms {r.ttft(0.99) * 1000:7.0f}ms "
-              f"{r.tokens_per_s:9.1f} {r.wall:8.2f}s")
+        print(
+            f"{slots:>5} {label:28} {r.ttft(0.5) * 1000:7.0f}ms {r.ttft(0.99) * 1000:7.0f}ms "
+            f"{r.tokens_per_s:9.1f} {r.wall:8.2f}s"
+        )
     by = {(s, e): r for s, e, r in rows}
     for slots in (1, 4):
         nginx, haproxy = by[(slots, "nginx")], by[(slots, "haproxy")]
-        print(f"slots {slots}: TTFT p99 nginx/haproxy {nginx.ttft(0.99) / haproxy.ttft(0.99):.1f}x, "
-              f"tokens/s haproxy/nginx {haproxy.tokens_per_s / nginx.tokens_per_s:.3f}")
+        print(
+            f"slots {slots}: TTFT p99 nginx/haproxy {nginx.ttft(0.99) / haproxy.ttft(0.99):.1f}x, "
+            f"tokens/s haproxy/nginx {haproxy.tokens_per_s / nginx.tokens_per_s:.3f}"
+        )
     return 0
 
 

@@ -20,7 +20,6 @@ TOKENS = 40
 
 def main() -> int:
     from common import Gateway
-
     from ollama_fleet.bench import run_load
     from tests.conftest import start_instances, stop
 
@@ -41,11 +40,15 @@ def main() -> int:
         return max(results[name], key=lambda r: r.tokens_per_s)
 
     direct, gateway = best("direct"), best("gateway")
-    print(f"{INSTANCES} fake instances x 8 slots, concurrency {CONCURRENCY}, {REQUESTS} streamed requests of {TOKENS} tokens")
+    print(
+        f"{INSTANCES} fake instances x 8 slots, concurrency {CONCURRENCY}, {REQUESTS} streamed requests of {TOKENS} tokens"
+    )
     print(f"{'':8} {'tokens/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'errors':>6}")
     for name, r in (("direct", direct), ("gateway", gateway)):
-        print(f"{name:8} {r.tokens_per_s:9.0f} {r.ttft(0.5) * 1000:7.1f}ms {r.ttft(0.99) * 1000:7.1f}ms "
-              f"{sum(r.errors.values()):6}")
+        print(
+            f"{name:8} {r.tokens_per_s:9.0f} {r.ttft(0.5) * 1000:7.1f}ms {r.ttft(0.99) * 1000:7.1f}ms "
+            f"{sum(r.errors.values()):6}"
+        )
     print(f"tokens/s gateway/direct: {gateway.tokens_per_s / direct.tokens_per_s:.3f} (target >= 0.97)")
     print(f"TTFT p50 gateway - direct: {(gateway.ttft(0.5) - direct.ttft(0.5)) * 1000:+.2f} ms (target <= 1 ms)")
     print(f"gateway split per instance: {dict(sorted(gateway.split.items()))}")

@@ -27,25 +27,38 @@ MODELS = ["qwen3:latest", "llama3.2:latest"]
 
 def main() -> int:
     import httpx
-    from common import Gateway
 
+    from common import Gateway
     from ollama_fleet.bench import run_load
     from tests.conftest import start_instances, stop
 
     rng = random.Random(SEED)
     mix = [rng.choice(MODELS) for _ in range(REQUESTS)]
     half = INSTANCES // 2
-    placement = [f"{MODELS[0]}=" + ",".join(f"gpu{k}" for k in range(half)),
-                 f"{MODELS[1]}=" + ",".join(f"gpu{k}" for k in range(half, INSTANCES))]
+    placement = [
+        f"{MODELS[0]}=" + ",".join(f"gpu{k}" for k in range(half)),
+        f"{MODELS[1]}=" + ",".join(f"gpu{k}" for k in range(half, INSTANCES)),
+    ]
     results = {}
-    for label, flags in (("without placement", []), ("with placement", ["--models", placement[0], "--models", placement[1]])):
-        base, procs = start_instances(INSTANCES, FAKE_OLLAMA_TPS=str(TPS), FAKE_OLLAMA_LOAD_S=str(LOAD_S),
-                                      OLLAMA_MAX_LOADED_MODELS="1", OLLAMA_NUM_PARALLEL="1")
+    for label, flags in (
+        ("without placement", []),
+        ("with placement", ["--models", placement[0], "--models", placement[1]]),
+    ):
+        base, procs = start_instances(
+            INSTANCES,
+            FAKE_OLLAMA_TPS=str(TPS),
+            FAKE_OLLAMA_LOAD_S=str(LOAD_S),
+            OLLAMA_MAX_LOADED_MODELS="1",
+            OLLAMA_NUM_PARALLEL="1",
+        )
         try:
             # The same start for both: each model loaded on its half (what `up` preloads).
             for k in range(INSTANCES):
-                httpx.post(f"http://127.0.0.1:{base + k}/api/generate", timeout=60,
-                           json={"model": MODELS[k // half], "prompt": "", "stream": False})
+                httpx.post(
+                    f"http://127.0.0.1:{base + k}/api/generate",
+                    timeout=60,
+                    json={"model": MODELS[k // half], "prompt": "", "stream": False},
+                )
             with Gateway("haproxy", base, INSTANCES, *flags) as gateway:
                 r = run_load([gateway.url], mix, concurrency=CONCURRENCY, requests=REQUESTS, num_predict=TOKENS)
             stats = [httpx.get(f"http://127.0.0.1:{base + k}/_fake/stats").json() for k in range(INSTANCES)]
@@ -54,15 +67,21 @@ def main() -> int:
         loads = sum(sum(s["loads"].values()) for s in stats) - INSTANCES  # not the warm-up's
         results[label] = (r, loads)
 
-    print(f"{INSTANCES} one-slot instances holding one model each (load {LOAD_S:g} s), {TPS:g} tokens/s; "
-          f"{REQUESTS} requests of {TOKENS} tokens, two models mixed at random (seed {SEED}), {CONCURRENCY} in flight")
+    print(
+        f"{INSTANCES} one-slot instances holding one model each (load {LOAD_S:g} s), {TPS:g} tokens/s; "
+        f"{REQUESTS} requests of {TOKENS} tokens, two models mixed at random (seed {SEED}), {CONCURRENCY} in flight"
+    )
     print(f"{'':18} {'loads':>6} {'TTFT p50':>9} {'TTFT p99':>9} {'tokens/s':>9} {'errors':>6}")
     for label, (r, loads) in results.items():
-        print(f"{label:18} {loads:6} {r.ttft(0.5) * 1000:7.0f}ms {r.ttft(0.99) * 1000:7.0f}ms "
-              f"{r.tokens_per_s:9.1f} {sum(r.errors.values()):6}")
+        print(
+            f"{label:18} {loads:6} {r.ttft(0.5) * 1000:7.0f}ms {r.ttft(0.99) * 1000:7.0f}ms "
+            f"{r.tokens_per_s:9.1f} {sum(r.errors.values()):6}"
+        )
     (without, _), (with_, _) = results["without placement"], results["with placement"]
-    print(f"tokens/s with/without placement: {with_.tokens_per_s / without.tokens_per_s:.1f}x; "
-          f"TTFT p99 without/with: {without.ttft(0.99) / with_.ttft(0.99):.1f}x")
+    print(
+        f"tokens/s with/without placement: {with_.tokens_per_s / without.tokens_per_s:.1f}x; "
+        f"TTFT p99 without/with: {without.ttft(0.99) / with_.ttft(0.99):.1f}x"
+    )
     return 0
 
 

@@ -27,7 +27,6 @@ SEED = 7
 
 def main() -> int:
     from common import Gateway, pareto_lengths
-
     from ollama_fleet.bench import run_load
     from tests.conftest import start_instances, stop
 
@@ -39,7 +38,9 @@ def main() -> int:
         for n in SIZES:
             with Gateway("nginx", base, n) as gateway:
                 run_load([gateway.url], "qwen3", concurrency=n, requests=n, num_predict=2)  # warm up
-                result = run_load([gateway.url], "qwen3", concurrency=2 * n, requests=PER_INSTANCE * n, num_predict=TOKENS)
+                result = run_load(
+                    [gateway.url], "qwen3", concurrency=2 * n, requests=PER_INSTANCE * n, num_predict=TOKENS
+                )
                 assert not result.errors, result.errors
                 scaling[n] = result.tokens_per_s
         for balance in ("least_conn", "round_robin"):
@@ -48,8 +49,10 @@ def main() -> int:
     finally:
         stop(procs)
 
-    print(f"one-slot fake instances at {TPS:g} tokens/s each, behind nginx (least_conn); "
-          f"{PER_INSTANCE} requests of {TOKENS} tokens per instance, 2 in flight per instance")
+    print(
+        f"one-slot fake instances at {TPS:g} tokens/s each, behind nginx (least_conn); "
+        f"{PER_INSTANCE} requests of {TOKENS} tokens per instance, 2 in flight per instance"
+    )
     print(f"{'N':>2} {'tokens/s':>9} {'ideal':>7} {'efficiency':>10}")
     for n, tps in scaling.items():
         print(f"{n:>2} {tps:9.1f} {n * scaling[1]:7.1f} {tps / (n * scaling[1]):10.3f}")
@@ -57,13 +60,17 @@ def main() -> int:
     print(f"efficiency at N=8: {efficiency:.3f} (target >= 0.95)")
 
     ideal = max(sum(lengths) / (8 * TPS), max(lengths) / TPS)
-    print(f"\nheavy-tailed batch: {BATCH} requests, Pareto lengths (seed {SEED}): {sum(lengths)} tokens, "
-          f"longest {max(lengths)}; 8 instances, 16 in flight")
+    print(
+        f"\nheavy-tailed batch: {BATCH} requests, Pareto lengths (seed {SEED}): {sum(lengths)} tokens, "
+        f"longest {max(lengths)}; 8 instances, 16 in flight"
+    )
     print(f"{'balance':12} {'makespan':>9} {'/ ideal':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'tokens/s':>9}")
     print(f"{'ideal':12} {ideal:8.2f}s {1:8.2f}")
     for balance, r in batch.items():
-        print(f"{balance:12} {r.wall:8.2f}s {r.wall / ideal:8.2f} {r.ttft(0.5) * 1000:7.0f}ms "
-              f"{r.ttft(0.99) * 1000:7.0f}ms {r.tokens_per_s:9.1f}")
+        print(
+            f"{balance:12} {r.wall:8.2f}s {r.wall / ideal:8.2f} {r.ttft(0.5) * 1000:7.0f}ms "
+            f"{r.ttft(0.99) * 1000:7.0f}ms {r.tokens_per_s:9.1f}"
+        )
     plot(scaling, ROOT / "benchmarks" / "scaling.png")
     return 0
 

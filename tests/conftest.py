@@ -134,7 +134,10 @@ def fleet(tmp_path: Path):
 
         def run(self, *args: str, **env: str) -> subprocess.CompletedProcess:
             return subprocess.run(
-                self.argv(*args), env=fake_knobs_as_fleet_env({**self.env, **env}), capture_output=True, text=True,
+                self.argv(*args),
+                env=fake_knobs_as_fleet_env({**self.env, **env}),
+                capture_output=True,
+                text=True,
                 timeout=120,
             )
 

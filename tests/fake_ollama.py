@@ -37,7 +37,7 @@ import socket
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 START_ENV = dict(os.environ)
@@ -45,7 +45,6 @@ START_ENV = dict(os.environ)
 
 def dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))  # Go's encoding/json writes no spaces
-
 
 
 VERSION = os.environ.get("FAKE_OLLAMA_VERSION", "0.33.0")
@@ -72,8 +71,11 @@ def normalize(name: str) -> str:
     return f"{head}{parts[-1]}:{tag or 'latest'}"
 
 
-MODELS = [normalize(m) for m in os.environ.get(
-    "FAKE_OLLAMA_MODELS", "llama3.2:latest,qwen3:latest,nomic-embed-text:latest").split(",") if m]
+MODELS = [
+    normalize(m)
+    for m in os.environ.get("FAKE_OLLAMA_MODELS", "llama3.2:latest,qwen3:latest,nomic-embed-text:latest").split(",")
+    if m
+]
 THINKING = {normalize(m) for m in os.environ.get("FAKE_OLLAMA_THINKING", "qwen3").split(",") if m}
 ERROR_AFTER = int(os.environ.get("FAKE_OLLAMA_ERROR_AFTER") or -1)
 
@@ -159,11 +161,19 @@ class Engine:
                 left = expiry - time.monotonic()
                 # Kept forever (keep_alive < 0): Ollama reports a date some 290 years away.
                 expires = datetime.now().astimezone() + (
-                    timedelta(days=290 * 365) if left == float("inf") else timedelta(seconds=left))
+                    timedelta(days=290 * 365) if left == float("inf") else timedelta(seconds=left)
+                )
                 result.append(
-                    {"name": model, "model": model, "size": 5_000_000_000, "size_vram": 5_000_000_000,
-                     "digest": "f" * 64, "details": details(), "expires_at": rfc3339_nano(expires),
-                     "context_length": 4096}
+                    {
+                        "name": model,
+                        "model": model,
+                        "size": 5_000_000_000,
+                        "size_vram": 5_000_000_000,
+                        "digest": "f" * 64,
+                        "details": details(),
+                        "expires_at": rfc3339_nano(expires),
+                        "context_length": 4096,
+                    }
                 )
             return result
 
@@ -183,7 +193,7 @@ def parse_duration(value: object) -> float:
             sign = -1 if text.startswith("-") else 1
             parts = re.findall(r"(\d+(?:\.\d*)?)(ns|us|µs|ms|s|m|h)", text.lstrip("+-"))
             if not parts:
-                raise ValueError(f"time: invalid duration {text!r}")
+                raise ValueError(f"time: invalid duration {text!r}") from None
             seconds = sign * sum(float(n) * units[u] for n, u in parts)
     return float("inf") if seconds < 0 else seconds
 
@@ -254,9 +264,14 @@ class Handler(BaseHTTPRequestHandler):
         if origin is not None and not origin_allowed(origin):
             return self._abort(403)
         if origin is not None and self.command == "OPTIONS":
-            return self._abort(204, {"Access-Control-Allow-Origin": origin,
-                                     "Access-Control-Allow-Methods": "GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS",
-                                     "Access-Control-Allow-Headers": "Authorization,Content-Type,User-Agent,Accept"})
+            return self._abort(
+                204,
+                {
+                    "Access-Control-Allow-Origin": origin,
+                    "Access-Control-Allow-Methods": "GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS",
+                    "Access-Control-Allow-Headers": "Authorization,Content-Type,User-Agent,Accept",
+                },
+            )
         if self.server.loopback and not host_allowed(self.headers.get("Host", "")):
             return self._abort(403)
         if self.command == "OPTIONS":
@@ -324,8 +339,12 @@ class Handler(BaseHTTPRequestHandler):
             "/api/ps": lambda: {"models": ENGINE.ps()},
             "/_fake/env": lambda: START_ENV,
             "/_fake/stats": lambda: {
-                "peak_concurrency": ENGINE.peak, "loads": ENGINE.loads, "requests": ENGINE.requests,
-                "served": ENGINE.served, "busy": ENGINE.busy, "waiting": ENGINE.waiting,
+                "peak_concurrency": ENGINE.peak,
+                "loads": ENGINE.loads,
+                "requests": ENGINE.requests,
+                "served": ENGINE.served,
+                "busy": ENGINE.busy,
+                "waiting": ENGINE.waiting,
             },
         }
         if self.path == "/":
@@ -346,9 +365,15 @@ class Handler(BaseHTTPRequestHandler):
             return
         path = self.path.split("?")[0]
         kinds = {
-            "/api/generate": "generate", "/api/chat": "chat", "/v1/chat/completions": "openai-chat",
-            "/v1/completions": "openai-completion", "/api/embed": "embed", "/v1/embeddings": "openai-embed",
-            "/api/show": "show", "/v1/responses": "responses", "/v1/messages": "messages",
+            "/api/generate": "generate",
+            "/api/chat": "chat",
+            "/v1/chat/completions": "openai-chat",
+            "/v1/completions": "openai-completion",
+            "/api/embed": "embed",
+            "/v1/embeddings": "openai-embed",
+            "/api/show": "show",
+            "/v1/responses": "responses",
+            "/v1/messages": "messages",
         }
         kind = kinds.get(path)
         if kind is None:
@@ -358,15 +383,30 @@ class Handler(BaseHTTPRequestHandler):
             # Ollama's exact body; the OpenAI layer wraps it in its own error object.
             message = f"model '{body.get('model') or body.get('name') or ''}' not found"
             if kind.startswith("openai"):
-                return self._json(404, {"error": {"message": message, "type": "api_error", "param": None, "code": None}})
+                return self._json(
+                    404, {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
+                )
             return self._json(404, {"error": message})
         if kind == "show":
-            capabilities = ["embedding"] if embedding_only(model) else ["completion"] + (["thinking"] if model in THINKING else [])
-            return self._json(200, {"modelfile": f"FROM {model}", "parameters": "", "template": "{{ .Prompt }}",
-                                    "details": details(), "model_info": {}, "capabilities": capabilities})
+            capabilities = (
+                ["embedding"] if embedding_only(model) else ["completion"] + (["thinking"] if model in THINKING else [])
+            )
+            return self._json(
+                200,
+                {
+                    "modelfile": f"FROM {model}",
+                    "parameters": "",
+                    "template": "{{ .Prompt }}",
+                    "details": details(),
+                    "model_info": {},
+                    "capabilities": capabilities,
+                },
+            )
         if kind in ("generate", "chat", "openai-chat", "openai-completion") and embedding_only(model):
             # server/routes.go GenerateHandler: errCapabilityCompletion.
-            return self._json(400, {"error": f'"{body.get("model")}" does not support {"chat" if "chat" in kind else "generate"}'})
+            return self._json(
+                400, {"error": f'"{body.get("model")}" does not support {"chat" if "chat" in kind else "generate"}'}
+            )
         with ENGINE.lock:
             ENGINE.requests += 1
         try:
@@ -396,13 +436,25 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(ENGINE.token_time())
         text = "".join(f"tok{i} " for i in range(count))
         if kind == "responses":
-            return {"id": "resp_1", "object": "response", "model": model, "status": "completed",
-                    "output": [{"type": "message", "role": "assistant",
-                                "content": [{"type": "output_text", "text": text}]}],
-                    "usage": {"input_tokens": 10, "output_tokens": count, "total_tokens": 10 + count}}
-        return {"id": "msg_1", "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
-                "usage": {"input_tokens": 10, "output_tokens": count}}
+            return {
+                "id": "resp_1",
+                "object": "response",
+                "model": model,
+                "status": "completed",
+                "output": [
+                    {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}
+                ],
+                "usage": {"input_tokens": 10, "output_tokens": count, "total_tokens": 10 + count},
+            }
+        return {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 10, "output_tokens": count},
+        }
 
     def _embed(self, kind: str, model: str, body: dict) -> None:
         # server/routes.go EmbedHandler: an empty string is no input at all (the model is
@@ -412,8 +464,14 @@ class Handler(BaseHTTPRequestHandler):
         vectors = [[0.1, 0.2, 0.3] for _ in inputs]
         if kind == "embed":
             return self._json(200, {"model": model, "embeddings": vectors})
-        self._json(200, {"object": "list", "model": model,
-                         "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]})
+        self._json(
+            200,
+            {
+                "object": "list",
+                "model": model,
+                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+            },
+        )
 
     def _generate(self, kind: str, model: str, body: dict, load: float) -> None:
         options = body.get("options") or {}
@@ -425,11 +483,20 @@ class Handler(BaseHTTPRequestHandler):
             with ENGINE.lock:
                 ENGINE.loaded.pop(model, None)
         if kind == "generate" and not body.get("prompt") and not body.get("images"):
-            return self._json(200, {"model": model, "created_at": now(), "response": "", "done": True,
-                                    "done_reason": reason})
+            return self._json(
+                200, {"model": model, "created_at": now(), "response": "", "done": True, "done_reason": reason}
+            )
         if kind == "chat" and not body.get("messages"):
-            return self._json(200, {"model": model, "created_at": now(), "message": {"role": "assistant", "content": ""},
-                                    "done": True, "done_reason": reason})
+            return self._json(
+                200,
+                {
+                    "model": model,
+                    "created_at": now(),
+                    "message": {"role": "assistant", "content": ""},
+                    "done": True,
+                    "done_reason": reason,
+                },
+            )
         openai = kind.startswith("openai")
         stream = bool(body.get("stream", not openai))  # Ollama streams by default, OpenAI does not
         started = time.monotonic()
@@ -486,16 +553,37 @@ class Handler(BaseHTTPRequestHandler):
         else:
             choice = {"index": 0, "text": token, "finish_reason": None}
             obj = "text_completion"
-        return b"data: " + dumps({"id": "chatcmpl-1", "object": obj, "created": int(time.time()), "model": model,
-                                       "system_fingerprint": "fp_ollama", "choices": [choice]}).encode() + b"\n\n"
+        return (
+            b"data: "
+            + dumps(
+                {
+                    "id": "chatcmpl-1",
+                    "object": obj,
+                    "created": int(time.time()),
+                    "model": model,
+                    "system_fingerprint": "fp_ollama",
+                    "choices": [choice],
+                }
+            ).encode()
+            + b"\n\n"
+        )
 
-    def _final(self, kind: str, model: str, text: str, count: int, elapsed: float, load: float, stream: bool,
-               thought: str = "") -> bytes:
+    def _final(
+        self, kind: str, model: str, text: str, count: int, elapsed: float, load: float, stream: bool, thought: str = ""
+    ) -> bytes:
         if kind in ("generate", "chat"):
-            final = {"model": model, "created_at": now(), "done": True, "done_reason": "stop",
-                     "total_duration": int((elapsed + load) * 1e9), "load_duration": int(load * 1e9),
-                     "prompt_eval_count": 10, "prompt_eval_duration": 1_000_000,
-                     "eval_count": count, "eval_duration": int(elapsed * 1e9)}
+            final = {
+                "model": model,
+                "created_at": now(),
+                "done": True,
+                "done_reason": "stop",
+                "total_duration": int((elapsed + load) * 1e9),
+                "load_duration": int(load * 1e9),
+                "prompt_eval_count": 10,
+                "prompt_eval_duration": 1_000_000,
+                "eval_count": count,
+                "eval_duration": int(elapsed * 1e9),
+            }
             content = "" if stream else text
             if kind == "generate":
                 final["response"] = content
@@ -508,16 +596,27 @@ class Handler(BaseHTTPRequestHandler):
             return dumps(final).encode() + (b"\n" if stream else b"")
         usage = {"prompt_tokens": 10, "completion_tokens": count, "total_tokens": 10 + count}
         if kind == "openai-chat":
-            choice = ({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": "stop"} if stream
-                      else {"index": 0, "message": {"role": "assistant", "content": text,
-                                                    **({"reasoning": thought} if thought else {})},
-                            "finish_reason": "stop"})
+            choice = (
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": "stop"}
+                if stream
+                else {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, **({"reasoning": thought} if thought else {})},
+                    "finish_reason": "stop",
+                }
+            )
             obj = "chat.completion.chunk" if stream else "chat.completion"
         else:
             choice = {"index": 0, "text": "" if stream else text, "finish_reason": "stop"}
             obj = "text_completion"
-        body = {"id": "chatcmpl-1", "object": obj, "created": int(time.time()), "model": model,
-                "system_fingerprint": "fp_ollama", "choices": [choice]}
+        body = {
+            "id": "chatcmpl-1",
+            "object": obj,
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_ollama",
+            "choices": [choice],
+        }
         if not stream:
             body["usage"] = usage
             return dumps(body).encode()
@@ -525,8 +624,14 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def tag(model: str) -> dict:
-    return {"name": model, "model": model, "modified_at": now(), "size": 5_000_000_000, "digest": "f" * 64,
-            "details": details()}
+    return {
+        "name": model,
+        "model": model,
+        "modified_at": now(),
+        "size": 5_000_000_000,
+        "digest": "f" * 64,
+        "details": details(),
+    }
 
 
 class Server(ThreadingHTTPServer):
@@ -556,9 +661,11 @@ def process_age() -> float:
 
 def log(msg: str, **attrs: object) -> None:
     """One line as Ollama's slog text handler writes it: key=value, quoted where needed."""
+
     def value(v: object) -> str:
         text = str(v)
         return json.dumps(text) if (not text or any(c in text for c in ' ="\\')) else text
+
     fields = "".join(f" {k}={value(v)}" for k, v in attrs.items())
     sys.stderr.write(f"time={now()} level=INFO source=fake_ollama.py msg={value(msg)}{fields}\n")
     sys.stderr.flush()
@@ -592,16 +699,52 @@ def discover() -> None:
     vulkan = [(k, pci) for k, (_, pci) in enumerate(gpus) if vulkan_on and pci not in own]
     name = "NVIDIA GeForce RTX 4090"
     for n, (token, _uuid, pci) in enumerate(cuda):
-        log("inference compute", id=n, filter_id=token, library="CUDA", compute="8.9", name=f"CUDA{n}",
-            description=name, libdirs="ollama,cuda_v13", driver="13.0", pci_id=pci, type="discrete",
-            total="23.5 GiB", available="23.1 GiB")
+        log(
+            "inference compute",
+            id=n,
+            filter_id=token,
+            library="CUDA",
+            compute="8.9",
+            name=f"CUDA{n}",
+            description=name,
+            libdirs="ollama,cuda_v13",
+            driver="13.0",
+            pci_id=pci,
+            type="discrete",
+            total="23.5 GiB",
+            available="23.1 GiB",
+        )
     for n, (k, pci) in enumerate(vulkan):
-        log("inference compute", id=n, filter_id=k, library="Vulkan", compute="0.0", name=f"Vulkan{n}",
-            description=name, libdirs="ollama,vulkan", driver="0.0", pci_id=pci, type="discrete",
-            total="24.0 GiB", available="23.6 GiB")
+        log(
+            "inference compute",
+            id=n,
+            filter_id=k,
+            library="Vulkan",
+            compute="0.0",
+            name=f"Vulkan{n}",
+            description=name,
+            libdirs="ollama,vulkan",
+            driver="0.0",
+            pci_id=pci,
+            type="discrete",
+            total="24.0 GiB",
+            available="23.6 GiB",
+        )
     if not cuda and not vulkan:
-        log("inference compute", id="cpu", library="cpu", compute="", name="cpu", description="cpu",
-            libdirs="ollama", driver="", pci_id="", type="", total="62.7 GiB", available="60.1 GiB")
+        log(
+            "inference compute",
+            id="cpu",
+            library="cpu",
+            compute="",
+            name="cpu",
+            description="cpu",
+            libdirs="ollama",
+            driver="",
+            pci_id="",
+            type="",
+            total="62.7 GiB",
+            available="60.1 GiB",
+        )
 
 
 def initialize_keypair() -> str | None:

@@ -133,9 +133,24 @@ def test_bench_table_output(gateway_fleet) -> None:
 def test_bench_survives_an_instance_killed_mid_run(gateway_fleet) -> None:
     actual = read_actual(gateway_fleet.state)
     proc = subprocess.Popen(
-        gateway_fleet.argv("bench", "--url", gateway_fleet.gateway, "--model", "qwen3", "-c", "4", "--duration", "3",
-                           "--num-predict", "30", "--json"),
-        env=gateway_fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        gateway_fleet.argv(
+            "bench",
+            "--url",
+            gateway_fleet.gateway,
+            "--model",
+            "qwen3",
+            "-c",
+            "4",
+            "--duration",
+            "3",
+            "--num-predict",
+            "30",
+            "--json",
+        ),
+        env=gateway_fleet.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(1.5)
     os.kill(actual.instances["gpu1"].pid, signal.SIGKILL)  # the supervisor brings it back

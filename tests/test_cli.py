@@ -48,7 +48,15 @@ def test_gpus_json(nvml) -> None:
     assert data["pinned_by"] == "uuid"
     assert [g["uuid"][:4] for g in data["gpus"]] == ["GPU-", "MIG-", "MIG-"]
     assert set(data["gpus"][0]) == {
-        "index", "uuid", "name", "mig", "memory_total", "memory_used", "utilization", "temperature", "power",
+        "index",
+        "uuid",
+        "name",
+        "mig",
+        "memory_total",
+        "memory_used",
+        "utilization",
+        "temperature",
+        "power",
         "pci_bus_id",
     }
 
@@ -72,8 +80,9 @@ def test_plan_json_schema(nvml, models_dir: Path, tmp_path: Path) -> None:
     assert [i["port"] for i in data["instances"]] == [11534, 11535, 11536, 11537]
     first = data["instances"][0]
     assert set(first) == {"name", "gpus", "host", "port", "env", "log"}
-    assert first["gpus"] == [{"index": 0, "uuid": "GPU-00000000-1111-2222-3333-444444444444", "mig": None,
-                              "pci_bus_id": "00000000:10:00.0"}]
+    assert first["gpus"] == [
+        {"index": 0, "uuid": "GPU-00000000-1111-2222-3333-444444444444", "mig": None, "pci_bus_id": "00000000:10:00.0"}
+    ]
     assert first["env"]["OLLAMA_HOST"] == "127.0.0.1:11534"
     assert first["log"] == str(tmp_path / "state" / "logs" / "gpu0.log")
     assert data["models"] == {}
@@ -87,7 +96,11 @@ def test_plan_env_is_what_the_fleet_sets_never_the_callers(nvml, models_dir: Pat
     result = run("plan", "--json")
     assert "hunter2" not in result.stdout
     assert set(json.loads(result.stdout)["instances"][0]["env"]) == {
-        "CUDA_VISIBLE_DEVICES", "OLLAMA_HOST", "OLLAMA_MODELS", "OLLAMA_KEEP_ALIVE", "OLLAMA_VULKAN",
+        "CUDA_VISIBLE_DEVICES",
+        "OLLAMA_HOST",
+        "OLLAMA_MODELS",
+        "OLLAMA_KEEP_ALIVE",
+        "OLLAMA_VULKAN",
     }
 
 

@@ -37,8 +37,9 @@ pytestmark = pytest.mark.skipif(  # also under CI=true: CI machines have no GPU 
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ollama_fleet", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "ollama_fleet", *args], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_a_real_fleet_is_pinned_serves_streams_and_rolls(tmp_path: Path) -> None:
@@ -52,9 +53,22 @@ def test_a_real_fleet_is_pinned_serves_streams_and_rolls(tmp_path: Path) -> None
     assert gpus, "no GPU found through NVML"
     port = free_port_range(1)
     engine = "haproxy" if shutil.which("haproxy", path=env.get("PATH", "") + ":/usr/sbin") else "nginx"
-    flags = ["--gpus", ",".join(str(g["index"]) for g in gpus[:2]), "--engine", engine,
-             "--listen", f"127.0.0.1:{port}", "--metrics-port", str(free_port_range(1)),
-             "--preload", MODEL, "--keep-alive", "10m", "--wait-timeout", "180"]
+    flags = [
+        "--gpus",
+        ",".join(str(g["index"]) for g in gpus[:2]),
+        "--engine",
+        engine,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--metrics-port",
+        str(free_port_range(1)),
+        "--preload",
+        MODEL,
+        "--keep-alive",
+        "10m",
+        "--wait-timeout",
+        "180",
+    ]
     if MODELS_DIR:
         flags += ["--models-dir", MODELS_DIR]
     try:
@@ -73,8 +87,9 @@ def test_a_real_fleet_is_pinned_serves_streams_and_rolls(tmp_path: Path) -> None
         results: list[bool] = []
 
         def stream() -> None:
-            chunks = list(client.generate(model=MODEL, prompt="Count to fifty.", stream=True,
-                                          options={"num_predict": 200}))
+            chunks = list(
+                client.generate(model=MODEL, prompt="Count to fifty.", stream=True, options={"num_predict": 200})
+            )
             results.append(bool(chunks) and chunks[-1].done)
 
         thread = threading.Thread(target=stream)

@@ -51,15 +51,19 @@ def test_generate_streams_ndjson_ending_with_done(fake) -> None:
 
 def test_chat_stream_false_is_one_object(fake) -> None:
     url, _ = fake(FAKE_OLLAMA_TOKENS="3")
-    body = httpx.post(url + "/api/chat", json={"model": "llama3.2", "messages": [{"role": "user", "content": "x"}],
-                                              "stream": False}).json()
+    body = httpx.post(
+        url + "/api/chat", json={"model": "llama3.2", "messages": [{"role": "user", "content": "x"}], "stream": False}
+    ).json()
     assert body["done"] is True and body["message"]["content"] == "tok0 tok1 tok2 "
     # qwen3 thinks by default: the reasoning in `thinking`, the answer after it.
-    body = httpx.post(url + "/api/chat", json={"model": "qwen3", "messages": [{"role": "user", "content": "x"}],
-                                              "stream": False}).json()
+    body = httpx.post(
+        url + "/api/chat", json={"model": "qwen3", "messages": [{"role": "user", "content": "x"}], "stream": False}
+    ).json()
     assert body["message"] == {"role": "assistant", "content": "tok1 tok2 ", "thinking": "tok0 "}
-    body = httpx.post(url + "/api/chat", json={"model": "qwen3", "messages": [{"role": "user", "content": "x"}],
-                                              "stream": False, "think": False}).json()
+    body = httpx.post(
+        url + "/api/chat",
+        json={"model": "qwen3", "messages": [{"role": "user", "content": "x"}], "stream": False, "think": False},
+    ).json()
     assert body["message"] == {"role": "assistant", "content": "tok0 tok1 tok2 "}
 
 
@@ -72,7 +76,11 @@ def test_openai_chat_streams_sse_ending_with_done_marker(fake) -> None:
     assert all(e.startswith("data: ") for e in events)
     assert events[-1] == "data: [DONE]"
     # A thinking model: the reasoning field first, with empty content.
-    assert json.loads(events[0][6:])["choices"][0]["delta"] == {"role": "assistant", "content": "", "reasoning": "tok0 "}
+    assert json.loads(events[0][6:])["choices"][0]["delta"] == {
+        "role": "assistant",
+        "content": "",
+        "reasoning": "tok0 ",
+    }
     assert json.loads(events[1][6:])["choices"][0]["delta"]["content"] == "tok1 "
 
 
@@ -96,8 +104,10 @@ def test_embed(fake) -> None:
     assert len(body["embeddings"]) == 2
 
 
-@pytest.mark.parametrize(("host", "status"), [("localhost", 200), ("127.0.0.1:1", 200), ("x.localhost", 200),
-                                              ("box.internal", 200), ("llm.example.com", 403)])
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("localhost", 200), ("127.0.0.1:1", 200), ("x.localhost", 200), ("box.internal", 200), ("llm.example.com", 403)],
+)
 def test_loopback_host_check(fake, host: str, status: int) -> None:
     url, _ = fake()
     assert httpx.get(url + "/api/version", headers={"Host": host}).status_code == status
@@ -105,9 +115,14 @@ def test_loopback_host_check(fake, host: str, status: int) -> None:
 
 def test_slots_queue_beyond_num_parallel(fake) -> None:
     url, _ = fake(OLLAMA_NUM_PARALLEL="2", FAKE_OLLAMA_TOKENS="10", FAKE_OLLAMA_TPS="100")
-    threads = [threading.Thread(target=httpx.post, args=(url + "/api/generate",),
-                                kwargs={"json": {"model": "qwen3", "prompt": "x", "stream": False}, "timeout": 30})
-               for _ in range(5)]
+    threads = [
+        threading.Thread(
+            target=httpx.post,
+            args=(url + "/api/generate",),
+            kwargs={"json": {"model": "qwen3", "prompt": "x", "stream": False}, "timeout": 30},
+        )
+        for _ in range(5)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -120,12 +135,14 @@ def test_slots_queue_beyond_num_parallel(fake) -> None:
 def test_sigterm_cuts_streams_and_exits_0(fake) -> None:
     url, proc = fake(FAKE_OLLAMA_TOKENS="1000", FAKE_OLLAMA_TPS="50")
     received = []
-    with pytest.raises(httpx.HTTPError):
-        with httpx.stream("POST", url + "/api/generate", json={"model": "qwen3", "prompt": "x"}, timeout=10) as r:
-            for line in r.iter_lines():
-                received.append(line)
-                if len(received) == 3:
-                    proc.send_signal(signal.SIGTERM)
+    with (
+        pytest.raises(httpx.HTTPError),
+        httpx.stream("POST", url + "/api/generate", json={"model": "qwen3", "prompt": "x"}, timeout=10) as r,
+    ):
+        for line in r.iter_lines():
+            received.append(line)
+            if len(received) == 3:
+                proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=5) == 0
     assert 3 <= len(received) < 1000
 
@@ -149,8 +166,13 @@ def test_sockets_have_tcp_nodelay(fake) -> None:
 def test_port_in_use_is_ollamas_error(fake) -> None:
     url, _ = fake()
     port = url.rsplit(":", 1)[1]
-    proc = subprocess.run([sys.executable, str(FAKE_OLLAMA), "serve"], env={"OLLAMA_HOST": f"127.0.0.1:{port}", "HOME": fake_home()},
-                          capture_output=True, text=True, timeout=10)
+    proc = subprocess.run(
+        [sys.executable, str(FAKE_OLLAMA), "serve"],
+        env={"OLLAMA_HOST": f"127.0.0.1:{port}", "HOME": fake_home()},
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert proc.returncode == 1
     assert "bind: address already in use" in proc.stderr
 
@@ -160,9 +182,19 @@ def test_port_in_use_is_ollamas_error(fake) -> None:
 
 @pytest.mark.parametrize(
     ("host", "status"),
-    [("localhost", 200), ("LOCALHOST:11434", 200), ("10.1.2.3", 200), ("[::1]:80", 200), ("0.0.0.0", 200),
-     ("box.local", 200), ("gpu.internal", 200), ("a.localhost", 200),
-     ("llm.example.com", 403), ("8.8.8.8", 403), ("example.localhost.com", 403)],
+    [
+        ("localhost", 200),
+        ("LOCALHOST:11434", 200),
+        ("10.1.2.3", 200),
+        ("[::1]:80", 200),
+        ("0.0.0.0", 200),
+        ("box.local", 200),
+        ("gpu.internal", 200),
+        ("a.localhost", 200),
+        ("llm.example.com", 403),
+        ("8.8.8.8", 403),
+        ("example.localhost.com", 403),
+    ],
 )
 def test_host_check_is_ollamas(fake, host: str, status: int) -> None:
     """allowedHostsMiddleware on a loopback listener: IPs that are loopback, private or
@@ -188,8 +220,10 @@ def test_embedding_models_do_not_generate_and_embed_loads_any_model(fake) -> Non
     for model in ("nomic-embed-text", "qwen3"):
         loaded = httpx.post(url + "/api/embed", json={"model": model, "input": "", "keep_alive": -1})
         assert loaded.status_code == 200 and loaded.json()["embeddings"] == []  # nothing embedded: only loaded
-    assert sorted(m["name"] for m in httpx.get(url + "/api/ps").json()["models"]) == ["nomic-embed-text:latest",
-                                                                                     "qwen3:latest"]
+    assert sorted(m["name"] for m in httpx.get(url + "/api/ps").json()["models"]) == [
+        "nomic-embed-text:latest",
+        "qwen3:latest",
+    ]
 
 
 def test_keep_alive_0_with_an_empty_prompt_unloads(fake) -> None:
@@ -221,9 +255,19 @@ def test_it_binds_before_discovery_and_answers_after(tmp_path) -> None:
     from tests.conftest import free_port_range
 
     port = free_port_range(1)
-    proc = subprocess.Popen([sys.executable, str(FAKE_OLLAMA), "serve"], stderr=subprocess.PIPE, text=True,
-                            env={"PATH": "/usr/bin:/bin", "HOME": fake_home(), "OLLAMA_HOST": f"127.0.0.1:{port}", "FAKE_OLLAMA_STARTUP_S": "1.5",
-                                 "CUDA_VISIBLE_DEVICES": "GPU-00000002-1111-2222-3333-444444444444", "OLLAMA_VULKAN": "0"})
+    proc = subprocess.Popen(
+        [sys.executable, str(FAKE_OLLAMA), "serve"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": fake_home(),
+            "OLLAMA_HOST": f"127.0.0.1:{port}",
+            "FAKE_OLLAMA_STARTUP_S": "1.5",
+            "CUDA_VISIBLE_DEVICES": "GPU-00000002-1111-2222-3333-444444444444",
+            "OLLAMA_VULKAN": "0",
+        },
+    )
     try:
         assert proc.stderr is not None
         assert "Listening on" in proc.stderr.readline()  # bound: the port refuses nothing now
@@ -239,10 +283,12 @@ def test_it_binds_before_discovery_and_answers_after(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     ("env", "libraries"),
-    [({"CUDA_VISIBLE_DEVICES": "GPU-00000001-1111-2222-3333-444444444444"}, ["CUDA", "Vulkan", "Vulkan"]),
-     ({"CUDA_VISIBLE_DEVICES": "GPU-00000001-1111-2222-3333-444444444444", "OLLAMA_VULKAN": "0"}, ["CUDA"]),
-     ({"CUDA_VISIBLE_DEVICES": "1", "OLLAMA_VULKAN": "false"}, ["CUDA"]),
-     ({"FAKE_OLLAMA_NO_CUDA": "1", "OLLAMA_VULKAN": "0"}, ["cpu"])],
+    [
+        ({"CUDA_VISIBLE_DEVICES": "GPU-00000001-1111-2222-3333-444444444444"}, ["CUDA", "Vulkan", "Vulkan"]),
+        ({"CUDA_VISIBLE_DEVICES": "GPU-00000001-1111-2222-3333-444444444444", "OLLAMA_VULKAN": "0"}, ["CUDA"]),
+        ({"CUDA_VISIBLE_DEVICES": "1", "OLLAMA_VULKAN": "false"}, ["CUDA"]),
+        ({"FAKE_OLLAMA_NO_CUDA": "1", "OLLAMA_VULKAN": "0"}, ["cpu"]),
+    ],
 )
 def test_inference_compute_lines(env: dict, libraries: list[str]) -> None:
     """discover/types.go LogDetails, one line per device; Vulkan (on by default since v0.30)
@@ -251,9 +297,18 @@ def test_inference_compute_lines(env: dict, libraries: list[str]) -> None:
     from tests.conftest import free_port_range
 
     port = free_port_range(1)
-    proc = subprocess.Popen([sys.executable, str(FAKE_OLLAMA), "serve"], stderr=subprocess.PIPE, text=True,
-                            env={"PATH": "/usr/bin:/bin", "HOME": fake_home(), "OLLAMA_HOST": f"127.0.0.1:{port}", "FAKE_OLLAMA_GPUS": "3",
-                                 **env})
+    proc = subprocess.Popen(
+        [sys.executable, str(FAKE_OLLAMA), "serve"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": fake_home(),
+            "OLLAMA_HOST": f"127.0.0.1:{port}",
+            "FAKE_OLLAMA_GPUS": "3",
+            **env,
+        },
+    )
     try:
         assert proc.stderr is not None
         lines = [proc.stderr.readline() for _ in range(1 + len(libraries))]
@@ -273,8 +328,11 @@ def test_it_writes_its_key_first_and_exits_when_it_cannot(tmp_path) -> None:
     port = free_port_range(1)
     home = tmp_path / "home"
     home.mkdir()
-    ok = subprocess.Popen([sys.executable, str(FAKE_OLLAMA), "serve"], stdout=subprocess.DEVNULL,
-                          env={"HOME": str(home), "OLLAMA_HOST": f"127.0.0.1:{port}"})
+    ok = subprocess.Popen(
+        [sys.executable, str(FAKE_OLLAMA), "serve"],
+        stdout=subprocess.DEVNULL,
+        env={"HOME": str(home), "OLLAMA_HOST": f"127.0.0.1:{port}"},
+    )
     try:
         deadline = time.monotonic() + 10
         while not (home / ".ollama" / "id_ed25519").exists() and time.monotonic() < deadline:
@@ -285,12 +343,20 @@ def test_it_writes_its_key_first_and_exits_when_it_cannot(tmp_path) -> None:
         stop([ok])
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
-    failed = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                             sys.executable, str(FAKE_OLLAMA), "serve"],
-                            env={"HOME": str(locked), "OLLAMA_HOST": f"127.0.0.1:{port}"},
-                            capture_output=True, text=True, timeout=10)
+    failed = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, str(FAKE_OLLAMA), "serve"],
+        env={"HOME": str(locked), "OLLAMA_HOST": f"127.0.0.1:{port}"},
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert failed.returncode == 1
     assert f"Error: could not create directory mkdir {locked}/.ollama: permission denied" in failed.stderr
-    missing = subprocess.run([sys.executable, str(FAKE_OLLAMA), "serve"], env={"OLLAMA_HOST": f"127.0.0.1:{port}"},
-                             capture_output=True, text=True, timeout=10)
+    missing = subprocess.run(
+        [sys.executable, str(FAKE_OLLAMA), "serve"],
+        env={"OLLAMA_HOST": f"127.0.0.1:{port}"},
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert missing.returncode == 1 and "Error: $HOME is not defined" in missing.stderr

@@ -3,6 +3,7 @@ instances: the behaviour both engines share runs against each."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -27,13 +28,12 @@ from typer.testing import CliRunner
 from ollama_fleet.cli import app
 from ollama_fleet.config import load_config
 from ollama_fleet.errors import BadInput
-from ollama_fleet.gateway import spec_from
 from ollama_fleet.gateway.haproxy import Haproxy
 from ollama_fleet.gateway.nginx import Nginx
+from ollama_fleet.gateway.spec import spec_from
 from ollama_fleet.gpus import Discovery, Gpu
 from ollama_fleet.plan import ModelsDir, plan
 from tests.conftest import free_port_range, require_tool, start_instances, stop, subprocess_env, wait_answering
-
 
 ENGINES = ["nginx", "haproxy"]
 
@@ -41,8 +41,15 @@ ENGINES = ["nginx", "haproxy"]
 class Gateway:
     """A real nginx or haproxy running the standalone config that `render-<engine>` writes."""
 
-    def __init__(self, base_port: int, count: int, *flags: str, engine: str = "nginx", scheme: str = "http",
-                 verify: ssl.SSLContext | bool = True) -> None:
+    def __init__(
+        self,
+        base_port: int,
+        count: int,
+        *flags: str,
+        engine: str = "nginx",
+        scheme: str = "http",
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         self.engine = engine
         self.tool = require_tool(engine)
         self.prefix = Path(tempfile.mkdtemp(prefix=f"fleet-{engine}-"))
@@ -50,11 +57,28 @@ class Gateway:
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.conf = self.prefix / f"{engine}.conf"
         extra = ["--metrics-port", str(free_port_range(1))] if engine == "haproxy" else ["--standalone"]
-        args = [f"render-{engine}", "--check", "--prefix", str(self.prefix), "-o", str(self.conf),
-                "--gpus", ",".join(map(str, range(count))), "--base-port", str(base_port),
-                "--listen", f"127.0.0.1:{self.port}", *extra, *flags]
-        result = subprocess.run([sys.executable, "-m", "ollama_fleet", *args], capture_output=True, text=True,
-                                env=subprocess_env(FAKE_NVML_GPUS=str(count)))
+        args = [
+            f"render-{engine}",
+            "--check",
+            "--prefix",
+            str(self.prefix),
+            "-o",
+            str(self.conf),
+            "--gpus",
+            ",".join(map(str, range(count))),
+            "--base-port",
+            str(base_port),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            *extra,
+            *flags,
+        ]
+        result = subprocess.run(
+            [sys.executable, "-m", "ollama_fleet", *args],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(FAKE_NVML_GPUS=str(count)),
+        )
         assert result.returncode == 0, result.stderr
         if engine == "nginx":
             subprocess.run([self.tool, "-p", str(self.prefix), "-c", str(self.conf)], check=True)
@@ -137,7 +161,7 @@ def test_sse_events_arrive_as_they_are_generated(four) -> None:
             if line:
                 arrivals.append(time.monotonic())
     # 10 tokens at 20/s: one event every 50 ms. Buffering would deliver them in a burst.
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:10])]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals[:10])]
     assert min(gaps) > 0.02, gaps
 
 
@@ -158,8 +182,10 @@ def test_official_ollama_client_through_the_gateway(four) -> None:
     assert "qwen3:latest" in [m.model for m in client.list().models]
     answer = client.generate(model="qwen3", prompt="hi")  # qwen3 thinks first, as Ollama's does
     assert answer.thinking == "tok0 tok1 tok2 tok3 tok4 " and answer.response.startswith("tok5")
-    parts = [part.message.content for part in client.chat(model="llama3.2", messages=[{"role": "user", "content": "x"}],
-                                                          stream=True)]
+    parts = [
+        part.message.content
+        for part in client.chat(model="llama3.2", messages=[{"role": "user", "content": "x"}], stream=True)
+    ]
     assert "".join(parts).startswith("tok0 tok1")
     assert client.embed(model="nomic-embed-text", input="x").embeddings == [[0.1, 0.2, 0.3]]
 
@@ -182,13 +208,22 @@ def test_api_keys(tmp_path: Path, engine: str) -> None:
     base, procs = start_instances(1)
     gateway = Gateway(base, 1, "--api-keys-file", str(keys), engine=engine)
     try:
-        for headers in ({}, {"Authorization": "Bearer wrong-key-123"}, {"Authorization": "sk-fleet-0123456789"},
-                        {"Authorization": "Bearer SK-FLEET-0123456789"}, {"Authorization": "Bearer sk-fleet-0123456789x"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-key-123"},
+            {"Authorization": "sk-fleet-0123456789"},
+            {"Authorization": "Bearer SK-FLEET-0123456789"},
+            {"Authorization": "Bearer sk-fleet-0123456789x"},
+        ):
             response = httpx.get(gateway.url + "/api/tags", headers=headers)
             assert response.status_code == 401
             assert "error" in response.json()
-        with httpx.stream("POST", gateway.url + "/api/generate", json={"model": "qwen3", "prompt": "x"},
-                          headers={"Authorization": "Bearer sk-other-9876543210"}) as response:
+        with httpx.stream(
+            "POST",
+            gateway.url + "/api/generate",
+            json={"model": "qwen3", "prompt": "x"},
+            headers={"Authorization": "Bearer sk-other-9876543210"},
+        ) as response:
             assert response.status_code == 200
             assert json.loads(list(response.iter_lines())[-1])["done"] is True
         assert oct(gateway.conf.stat().st_mode & 0o777) == "0o640"
@@ -212,8 +247,14 @@ def test_a_cors_preflight_passes_without_a_key_to_ollamas_own_rules(tmp_path: Pa
         assert allowed.headers["access-control-allow-origin"] == "https://chat.example.com"
         other = httpx.options(gateway.url + "/api/chat", headers={"Origin": "https://evil.example", **preflight})
         assert other.status_code == 403
-        assert httpx.post(gateway.url + "/api/chat", headers={"Origin": "https://chat.example.com"},
-                          json={"model": "llama3.2", "messages": []}).status_code == 401
+        assert (
+            httpx.post(
+                gateway.url + "/api/chat",
+                headers={"Origin": "https://chat.example.com"},
+                json={"model": "llama3.2", "messages": []},
+            ).status_code
+            == 401
+        )
     finally:
         gateway.close()
         stop(procs)
@@ -237,8 +278,9 @@ def test_a_killed_instance_costs_no_request(engine: str) -> None:
         procs[1].wait()
         with httpx.Client(timeout=10) as client:
             statuses = [
-                client.post(gateway.url + "/api/generate", json={"model": "qwen3", "prompt": "x", "stream": False})
-                .status_code
+                client.post(
+                    gateway.url + "/api/generate", json={"model": "qwen3", "prompt": "x", "stream": False}
+                ).status_code
                 for _ in range(100)
             ]
         assert statuses == [200] * 100
@@ -269,16 +311,24 @@ networks = st.one_of(
     keys=st.lists(st.from_regex(r"[A-Za-z0-9._~+/=-]{8,40}", fullmatch=True), max_size=3),
     slots=st.one_of(st.none(), st.integers(1, 64)),
 )
-def test_every_accepted_config_passes_nginx_t_and_haproxy_c(tmp_path_factory, count, per, base_port, listen, allow,
-                                                            balance, read_timeout, body, keys, slots) -> None:
+def test_every_accepted_config_passes_nginx_t_and_haproxy_c(
+    tmp_path_factory, count, per, base_port, listen, allow, balance, read_timeout, body, keys, slots
+) -> None:
     require_tool("nginx")
     require_tool("haproxy")
     if per > count:
         return
     tmp = tmp_path_factory.mktemp("prop")
-    flags = {"base_port": str(base_port), "gpus_per_instance": str(per), "listen": listen, "allow": allow,
-             "balance": balance, "read_timeout": str(read_timeout), "max_body_size": body,
-             "env": [f"OLLAMA_NUM_PARALLEL={slots}"] if slots else []}
+    flags = {
+        "base_port": str(base_port),
+        "gpus_per_instance": str(per),
+        "listen": listen,
+        "allow": allow,
+        "balance": balance,
+        "read_timeout": str(read_timeout),
+        "max_body_size": body,
+        "env": [f"OLLAMA_NUM_PARALLEL={slots}"] if slots else [],
+    }
     if keys:
         (tmp / "keys").write_text("\n".join(keys) + "\n")
         flags["api_keys_file"] = str(tmp / "keys")
@@ -307,8 +357,14 @@ INJECTIONS = [
 ]
 
 
-@pytest.mark.parametrize("args", INJECTIONS + [["--env", "OLLAMA_NUM_PARALLEL=4\n  server evil 1.2.3.4:80"],
-                                             ["--env", "OLLAMA_NUM_PARALLEL=4 weight 0"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        *INJECTIONS,
+        ["--env", "OLLAMA_NUM_PARALLEL=4\n  server evil 1.2.3.4:80"],
+        ["--env", "OLLAMA_NUM_PARALLEL=4 weight 0"],
+    ],
+)
 def test_injection_attempts_exit_2_and_write_nothing(tmp_path: Path, nvml, args: list[str], engine: str) -> None:
     nvml(2)
     brace = tmp_path / "brace"
@@ -339,7 +395,7 @@ def test_check_reports_nginx_own_message(tmp_path: Path, nvml, monkeypatch) -> N
 def test_check_without_nginx_is_exit_3(tmp_path: Path, nvml, monkeypatch) -> None:
     nvml(1)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr("ollama_fleet.gateway.TOOL_DIRS", str(tmp_path))
+    monkeypatch.setattr("ollama_fleet.processes.TOOL_DIRS", str(tmp_path))
     result = CliRunner().invoke(app, ["render-nginx", "--check"])
     assert result.exit_code == 3
     assert "nginx is not installed" in result.stderr
@@ -381,16 +437,47 @@ def test_standalone_config_runs_unprivileged(tmp_path: Path) -> None:
     port = free_port_range(1)
     conf = prefix / "nginx.conf"
     gateway_files = subprocess.run(
-        [sys.executable, "-m", "ollama_fleet", "render-nginx", "--standalone", "--check", "--prefix", str(prefix),
-         "-o", str(conf), "--gpus", "0", "--base-port", str(base), "--listen", f"127.0.0.1:{port}"],
-        capture_output=True, text=True, env=subprocess_env(FAKE_NVML_GPUS="1"),
+        [
+            sys.executable,
+            "-m",
+            "ollama_fleet",
+            "render-nginx",
+            "--standalone",
+            "--check",
+            "--prefix",
+            str(prefix),
+            "-o",
+            str(conf),
+            "--gpus",
+            "0",
+            "--base-port",
+            str(base),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(FAKE_NVML_GPUS="1"),
     )
     try:
         assert gateway_files.returncode == 0, gateway_files.stderr
         for path in prefix.rglob("*"):
             os.chown(path, 65534, 65534)
-        subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", nginx, "-p", str(prefix),
-                        "-c", str(conf)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "setpriv",
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                nginx,
+                "-p",
+                str(prefix),
+                "-c",
+                str(conf),
+            ],
+            check=True,
+            capture_output=True,
+        )
         assert wait_answering(f"http://127.0.0.1:{port}/api/version").status_code == 200
         assert (prefix / "nginx.pid").exists()
     finally:
@@ -405,7 +492,7 @@ def test_standalone_names_its_worker_user_only_when_root(monkeypatch, tmp_path: 
     config = load_config({}, environ={"OLLAMA_FLEET_STATE_DIR": str(tmp_path)}, cwd=tmp_path)
     found = Discovery(gpus=[Gpu(index=0, uuid="GPU-0")], pinned_by="uuid")
     spec = spec_from(config, plan(config, found, ModelsDir(path=tmp_path, exists=True)))
-    from ollama_fleet.gateway import worker_user
+    from ollama_fleet.accounts import worker_user
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert worker_user("ollama") is None
@@ -418,8 +505,28 @@ def test_standalone_names_its_worker_user_only_when_root(monkeypatch, tmp_path: 
 def test_tls_gateway_serves_https(tmp_path: Path, engine: str) -> None:
     openssl = require_tool("openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-days", "1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     if engine == "haproxy":  # HAProxy reads the key from the certificate's file
         both = tmp_path / "both.pem"
         both.write_text(cert.read_text() + key.read_text())
@@ -428,8 +535,9 @@ def test_tls_gateway_serves_https(tmp_path: Path, engine: str) -> None:
     gateway = None
     try:
         trust = ssl.create_default_context(cafile=str(cert))
-        gateway = Gateway(base, 1, "--tls-cert", str(cert), "--tls-key", str(key), engine=engine, scheme="https",
-                          verify=trust)
+        gateway = Gateway(
+            base, 1, "--tls-cert", str(cert), "--tls-key", str(key), engine=engine, scheme="https", verify=trust
+        )
         response = httpx.get(gateway.url + "/api/version", verify=trust)
         assert response.status_code == 200
         assert response.headers["x-fleet-instance"] == "gpu0"
@@ -448,16 +556,18 @@ def test_haproxy_wants_the_key_with_the_certificate(tmp_path: Path, nvml) -> Non
     nvml(1)
     (tmp_path / "c.pem").write_text("x")
     (tmp_path / "k.pem").write_text("x")
-    result = CliRunner().invoke(app, ["render-haproxy", "--tls-cert", str(tmp_path / "c.pem"),
-                                      "--tls-key", str(tmp_path / "k.pem")])
+    result = CliRunner().invoke(
+        app, ["render-haproxy", "--tls-cert", str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem")]
+    )
     assert result.exit_code == 2
     assert result.stderr.startswith("error: tls_key: HAProxy reads the key from the certificate file")
 
 
 def test_tls_files_must_exist(tmp_path: Path, nvml) -> None:
     nvml(1)
-    result = CliRunner().invoke(app, ["render-nginx", "--tls-cert", str(tmp_path / "c.pem"),
-                                      "--tls-key", str(tmp_path / "k.pem")])
+    result = CliRunner().invoke(
+        app, ["render-nginx", "--tls-cert", str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem")]
+    )
     assert result.exit_code == 2
     assert result.stderr.startswith("error: tls_cert: ") and "does not exist" in result.stderr
 
@@ -488,9 +598,14 @@ def test_nginx_sends_requests_again_at_once_when_instances_come_back() -> None:
             proc.kill()
             proc.wait()
         assert httpx.get(gateway.url + "/api/version").status_code == 502
-        procs[:] = [subprocess.Popen([sys.executable, str(FAKE_OLLAMA), "serve"], stderr=subprocess.DEVNULL,
-                                     env={"PATH": os.environ["PATH"], "HOME": fake_home(),
-                                          "OLLAMA_HOST": f"127.0.0.1:{base + k}"}) for k in range(2)]
+        procs[:] = [
+            subprocess.Popen(
+                [sys.executable, str(FAKE_OLLAMA), "serve"],
+                stderr=subprocess.DEVNULL,
+                env={"PATH": os.environ["PATH"], "HOME": fake_home(), "OLLAMA_HOST": f"127.0.0.1:{base + k}"},
+            )
+            for k in range(2)
+        ]
         for k in range(2):
             wait_answering(f"http://127.0.0.1:{base + k}/api/version")
         back = time.monotonic()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from typer.testing import CliRunner
 
 from ollama_fleet.cli import app
 from ollama_fleet.gateway.haproxy import Haproxy, runtime_command
-from ollama_fleet.state import read_actual, read_gateway
+from ollama_fleet.state import read_gateway
 from tests.conftest import FAKE_OLLAMA, fake_home, free_port_range, require_tool, start_instances, stop, subprocess_env
 from tests.test_gateway import Gateway
 
@@ -47,6 +46,7 @@ def test_requests_queue_at_the_gateway_never_two_on_a_one_slot_instance() -> Non
     statuses: list[int] = []
     queued: list[int] = []
     try:
+
         def stream() -> None:
             body = {"model": "qwen3", "prompt": "x", "options": {"num_predict": 15}}
             with httpx.stream("POST", gateway.url + "/api/generate", json=body, timeout=60) as response:
@@ -78,13 +78,19 @@ def test_a_killed_instance_is_marked_down_within_3s_and_comes_back() -> None:
         procs[1].kill()
         procs[1].wait()
         assert wait_state(gateway, "gpu1", "DOWN", 3.0) < 3.0
-        names = Counter(httpx.post(gateway.url + "/api/generate", json={"model": "qwen3", "prompt": "x", "stream": False})
-                        .headers["x-fleet-instance"] for _ in range(20))
+        names = Counter(
+            httpx.post(gateway.url + "/api/generate", json={"model": "qwen3", "prompt": "x", "stream": False}).headers[
+                "x-fleet-instance"
+            ]
+            for _ in range(20)
+        )
         assert names == {"gpu0": 20}
         # The same instance answers again on its port: the checks bring it back by themselves.
-        procs[1] = subprocess.Popen([sys.executable, str(FAKE_OLLAMA), "serve"], stderr=subprocess.DEVNULL,
-                                    env={"PATH": os.environ["PATH"], "HOME": fake_home(),
-                                         "OLLAMA_HOST": f"127.0.0.1:{base + 1}"})
+        procs[1] = subprocess.Popen(
+            [sys.executable, str(FAKE_OLLAMA), "serve"],
+            stderr=subprocess.DEVNULL,
+            env={"PATH": os.environ["PATH"], "HOME": fake_home(), "OLLAMA_HOST": f"127.0.0.1:{base + 1}"},
+        )
         wait_state(gateway, "gpu1", "UP", 5.0)
         names = Counter(httpx.get(gateway.url + "/api/version").headers["x-fleet-instance"] for _ in range(20))
         assert names["gpu1"] > 0
@@ -149,7 +155,9 @@ def test_prometheus_exporter_on_loopback() -> None:
 def test_check_reports_haproxy_own_message(nvml, monkeypatch) -> None:
     require_tool("haproxy")
     nvml(1)
-    monkeypatch.setattr(Haproxy, "render", lambda self, spec, **kw: "frontend f\n    bind 127.0.0.1:1\n    bogus_keyword\n")
+    monkeypatch.setattr(
+        Haproxy, "render", lambda self, spec, **kw: "frontend f\n    bind 127.0.0.1:1\n    bogus_keyword\n"
+    )
     result = CliRunner().invoke(app, ["render-haproxy", "--check"])
     assert result.exit_code == 1
     assert "[ALERT]" in result.stderr and "bogus_keyword" in result.stderr
@@ -158,7 +166,7 @@ def test_check_reports_haproxy_own_message(nvml, monkeypatch) -> None:
 def test_engine_asked_for_but_missing_is_exit_3(tmp_path: Path, nvml, models_dir, monkeypatch) -> None:
     nvml(2)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr("ollama_fleet.gateway.TOOL_DIRS", str(tmp_path))
+    monkeypatch.setattr("ollama_fleet.processes.TOOL_DIRS", str(tmp_path))
     result = CliRunner().invoke(app, ["up", "--engine", "haproxy", "--ollama-bin", sys.executable])
     assert result.exit_code == 3
     assert "engine: haproxy is not installed" in result.stderr
@@ -211,7 +219,15 @@ def test_a_reload_lets_a_stream_in_flight_finish(fleet) -> None:
     """SIGUSR2 to the master: new workers take the new config, the old one finishes its stream."""
     require_tool("haproxy")
     port = free_port_range(1)
-    flags = ["--gateway", "--engine", "haproxy", "--listen", f"127.0.0.1:{port}", "--metrics-port", str(free_port_range(1))]
+    flags = [
+        "--gateway",
+        "--engine",
+        "haproxy",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--metrics-port",
+        str(free_port_range(1)),
+    ]
     assert fleet.run("up", *flags, FAKE_OLLAMA_TPS="20").returncode == 0
     body = {"model": "qwen3", "prompt": "x", "options": {"num_predict": 40}}
     with httpx.stream("POST", f"http://127.0.0.1:{port}/api/generate", json=body, timeout=30) as response:
@@ -230,28 +246,50 @@ def test_install_systemd_with_haproxy_verifies_and_reloads_its_own_unit(tmp_path
     require_tool("haproxy")
     root = tmp_path / "root"
     env = subprocess_env(FAKE_NVML_GPUS="2")
-    args = [sys.executable, "-m", "ollama_fleet", "install-systemd", "--root", str(root), "--engine", "haproxy",
-            "--ollama-bin", sys.executable, "--models-dir", str(tmp_path)]
+    args = [
+        sys.executable,
+        "-m",
+        "ollama_fleet",
+        "install-systemd",
+        "--root",
+        str(root),
+        "--engine",
+        "haproxy",
+        "--ollama-bin",
+        sys.executable,
+        "--models-dir",
+        str(tmp_path),
+    ]
     result = subprocess.run(args, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     units = root / "etc/systemd/system"
     assert "Wants=ollama-fleet-gateway.service" in (units / "ollama-fleet.target").read_text()
-    verify = subprocess.run([analyze, "verify", "ollama-fleet.target", "ollama-fleet-gateway.service"],
-                            env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"}, capture_output=True, text=True)
+    verify = subprocess.run(
+        [analyze, "verify", "ollama-fleet.target", "ollama-fleet-gateway.service"],
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"},
+        capture_output=True,
+        text=True,
+    )
     assert (verify.returncode, verify.stderr) == (0, "")
     cfg = root / "etc/ollama-fleet/haproxy.cfg"
     assert "stats socket /run/ollama-fleet/admin.sock" in cfg.read_text()
     subprocess.run([require_tool("haproxy"), "-c", "-q", "-f", str(cfg)], check=True)
     assert not (root / "etc/nginx").exists()
     manifest = json.loads((root / "etc/ollama-fleet/manifest.json").read_text())
-    assert manifest["gateway"] == {"engine": "haproxy", "listen": "0.0.0.0:8080", "url": "http://127.0.0.1:8080",
-                                   "prefix": "/run/ollama-fleet"}
+    assert manifest["gateway"] == {
+        "engine": "haproxy",
+        "listen": "0.0.0.0:8080",
+        "url": "http://127.0.0.1:8080",
+        "prefix": "/run/ollama-fleet",
+        "unit": "ollama-fleet-gateway.service",  # the fleet's own unit: stopped when the gateway moves away
+        "owned": True,
+    }
 
 
 def test_status_shows_stats_from_the_runtime_api(tmp_path: Path) -> None:
     """The status report carries, per instance, HAProxy's state, queue and in-flight counts."""
-    from ollama_fleet.status import GatewayStatus
     from ollama_fleet.gateway import engine_named
+    from ollama_fleet.status import GatewayStatus
 
     base, procs = start_instances(2)
     gateway = Gateway(base, 2, engine="haproxy")
@@ -276,10 +314,16 @@ def test_a_user_without_access_to_the_admin_socket_is_told_why(tmp_path: Path) -
     try:
         prefix.chmod(0o755)
         (prefix / "admin.sock").touch(mode=0o600)
-        code = ("from pathlib import Path; from ollama_fleet.gateway.haproxy import Haproxy\n"
-                f"try:\n    Haproxy().stats(Path({str(prefix)!r}))\nexcept Exception as exc:\n    print(exc)")
-        proc = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
-                               "-c", code], capture_output=True, text=True, env=subprocess_env())
+        code = (
+            "from pathlib import Path; from ollama_fleet.gateway.haproxy import Haproxy\n"
+            f"try:\n    Haproxy().stats(Path({str(prefix)!r}))\nexcept Exception as exc:\n    print(exc)"
+        )
+        proc = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+        )
         assert "admin socket" in proc.stdout and "mode 0600, root's: run this as root" in proc.stdout, proc.stderr
     finally:
         shutil.rmtree(prefix)

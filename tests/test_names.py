@@ -30,7 +30,11 @@ def test_every_spelling_reads_back_as_the_same_model() -> None:
         assert model in names
         assert {canonical(n) for n in names} == {model}
     assert set(spellings("qwen3")) == {
-        "qwen3", "qwen3:latest", "library/qwen3", "library/qwen3:latest",
-        "registry.ollama.ai/library/qwen3", "registry.ollama.ai/library/qwen3:latest",
+        "qwen3",
+        "qwen3:latest",
+        "library/qwen3",
+        "library/qwen3:latest",
+        "registry.ollama.ai/library/qwen3",
+        "registry.ollama.ai/library/qwen3:latest",
     }
     assert spellings("hf.co/user/model:q4") == ("hf.co/user/model:q4",)

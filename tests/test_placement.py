@@ -25,8 +25,17 @@ MODELS = ["qwen3", "qwen3:latest", "llama3.2", "nomic-embed-text"]
 def routed():
     """4 instances; qwen3 on gpu0 and gpu1, llama3.2 on gpu2, the rest anywhere."""
     base, procs = start_instances(4, OLLAMA_NUM_PARALLEL="4", FAKE_OLLAMA_TPS="2000")
-    gateway = Gateway(base, 4, "--models", "qwen3=gpu0,gpu1", "--models", "llama3.2=gpu2",
-                      "--env", "OLLAMA_NUM_PARALLEL=4", engine="haproxy")
+    gateway = Gateway(
+        base,
+        4,
+        "--models",
+        "qwen3=gpu0,gpu1",
+        "--models",
+        "llama3.2=gpu2",
+        "--env",
+        "OLLAMA_NUM_PARALLEL=4",
+        engine="haproxy",
+    )
     yield gateway
     gateway.close()
     stop(procs)
@@ -45,10 +54,7 @@ def requests_for(model: str) -> list[tuple[str, dict]]:
         ]
     if "embed" in model:  # an embedding model only embeds: generate and chat are a 400
         calls = []
-    return calls + [
-        ("/api/embed", {"model": model, "input": "x"}),
-        ("/v1/embeddings", {"model": model, "input": "x"}),
-    ]
+    return [*calls, ("/api/embed", {"model": model, "input": "x"}), ("/v1/embeddings", {"model": model, "input": "x"})]
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -67,17 +73,20 @@ def test_each_placed_model_reaches_only_its_group_on_every_api(routed, model: st
         assert len(seen) >= 3, seen
 
 
-@pytest.mark.parametrize("spelling", ["Qwen3", "library/qwen3", "registry.ollama.ai/library/qwen3:latest", "QWEN3:LATEST"])
+@pytest.mark.parametrize(
+    "spelling", ["Qwen3", "library/qwen3", "registry.ollama.ai/library/qwen3:latest", "QWEN3:LATEST"]
+)
 def test_every_spelling_ollama_accepts_routes_to_the_placement(routed, spelling: str) -> None:
     """Ollama fills in the default host, namespace and tag and ignores case
     (types/model/name.go); so does the gateway, on every route that carries a model,
     /v1/responses and /v1/messages included."""
     seen: Counter = Counter()
     for _ in range(4):
-        for path, body in [("/api/generate", {"model": spelling, "prompt": "x", "stream": False}),
-                           ("/v1/responses", {"model": spelling, "input": "x"}),
-                           ("/v1/messages", {"model": spelling, "max_tokens": 8,
-                                             "messages": [{"role": "user", "content": "x"}]})]:
+        for path, body in [
+            ("/api/generate", {"model": spelling, "prompt": "x", "stream": False}),
+            ("/v1/responses", {"model": spelling, "input": "x"}),
+            ("/v1/messages", {"model": spelling, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}),
+        ]:
             response = httpx.post(routed.url + path, json=body, timeout=30)
             assert response.status_code == 200, (path, response.text)
             seen[response.headers["x-fleet-instance"]] += 1
@@ -91,8 +100,12 @@ def test_metadata_never_waits_behind_a_generation(routed) -> None:
     import threading
 
     body = {"model": "qwen3", "prompt": "x", "stream": False, "options": {"num_predict": 4000}}  # 2 s each
-    threads = [threading.Thread(target=httpx.post, args=(routed.url + "/api/generate",), daemon=True,
-                                kwargs={"json": body, "timeout": 60}) for _ in range(12)]  # 8 slots, 4 queued
+    threads = [
+        threading.Thread(
+            target=httpx.post, args=(routed.url + "/api/generate",), daemon=True, kwargs={"json": body, "timeout": 60}
+        )
+        for _ in range(12)
+    ]  # 8 slots, 4 queued
     for thread in threads:
         thread.start()
     time.sleep(0.3)
@@ -108,8 +121,11 @@ def test_metadata_never_waits_behind_a_generation(routed) -> None:
 
 
 def test_other_paths_go_to_any_instance(routed) -> None:
-    seen = {httpx.get(routed.url + path).headers["x-fleet-instance"] for path in ("/api/tags", "/api/ps", "/api/version")
-            for _ in range(8)}
+    seen = {
+        httpx.get(routed.url + path).headers["x-fleet-instance"]
+        for path in ("/api/tags", "/api/ps", "/api/version")
+        for _ in range(8)
+    }
     assert len(seen) >= 3
 
 
@@ -119,8 +135,11 @@ def test_a_20mb_body_and_an_unparsable_one_never_fail_at_the_gateway(routed) -> 
     assert response.status_code == 200 and response.json()["done"] is True
     # Larger than HAProxy's buffer: the model is not read, any instance serves it.
     assert response.headers["x-fleet-instance"].startswith("gpu")
-    broken = httpx.post(routed.url + "/api/generate", content=b'{"model": "llama3.2", "prompt": ',
-                        headers={"Content-Type": "application/json"})
+    broken = httpx.post(
+        routed.url + "/api/generate",
+        content=b'{"model": "llama3.2", "prompt": ',
+        headers={"Content-Type": "application/json"},
+    )
     assert broken.status_code == 400 and "x-fleet-instance" in broken.headers  # the instance's own answer
 
 
@@ -180,11 +199,24 @@ def test_preload_honours_placement_and_status_flags_missing_and_stray(fleet) -> 
 
 def test_placement_routes_through_up_with_haproxy(fleet) -> None:
     port = free_port_range(1)
-    result = fleet.run("up", "--gateway", "--engine", "haproxy", "--listen", f"127.0.0.1:{port}",
-                       "--metrics-port", str(free_port_range(1)), "--models", "llama3.2=gpu1")
+    result = fleet.run(
+        "up",
+        "--gateway",
+        "--engine",
+        "haproxy",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--metrics-port",
+        str(free_port_range(1)),
+        "--models",
+        "llama3.2=gpu1",
+    )
     assert result.returncode == 0, result.stderr
     assert read_actual(fleet.state) is not None
-    names = {httpx.post(f"http://127.0.0.1:{port}/api/generate",
-                        json={"model": "llama3.2", "prompt": "x", "stream": False}).headers["x-fleet-instance"]
-             for _ in range(6)}
+    names = {
+        httpx.post(
+            f"http://127.0.0.1:{port}/api/generate", json={"model": "llama3.2", "prompt": "x", "stream": False}
+        ).headers["x-fleet-instance"]
+        for _ in range(6)
+    }
     assert names == {"gpu1"}

@@ -4,6 +4,7 @@ from a fresh copy of the repository, the way a newcomer types them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -51,7 +52,9 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("newcomer") / "ollama-fleet"
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     if listed.returncode == 0:
         for name in filter(None, listed.stdout.split("\0")):
@@ -90,7 +93,12 @@ def _newcomer_env(checkout: Path, **extra: str) -> dict[str, str]:
 
 def _bash(script: str, cwd: Path, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["bash", "-e", "-o", "pipefail", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        ["bash", "-e", "-o", "pipefail", "-c", script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -128,10 +136,8 @@ def test_try_it_without_a_gpu(checkout: Path) -> None:
 
 
 def _kill_pidfile(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):
         os.kill(int(path.read_text().split()[0]), signal.SIGTERM)
-    except (OSError, ValueError, IndexError):
-        pass
 
 
 def _header_command(config: Path) -> list[str]:
@@ -197,8 +203,18 @@ def test_rendered_config_runs_without_check(tmp_path: Path, engine: str) -> None
         "OLLAMA_FLEET_BASE_PORT": str(base),
         "OLLAMA_FLEET_METRICS_PORT": str(free_port_range(1)),
     }
-    argv = [sys.executable, "-m", "ollama_fleet", f"render-{engine}", "--listen", f"127.0.0.1:{gateway_port}",
-            "--prefix", str(prefix), "-o", str(config)]
+    argv = [
+        sys.executable,
+        "-m",
+        "ollama_fleet",
+        f"render-{engine}",
+        "--listen",
+        f"127.0.0.1:{gateway_port}",
+        "--prefix",
+        str(prefix),
+        "-o",
+        str(config),
+    ]
     if engine == "nginx":
         argv.append("--standalone")
     try:

@@ -37,8 +37,9 @@ def test_rolling_restart_under_streamed_load_loses_nothing(fleet, engine: str) -
     url = gateway_up(fleet, engine, "--env", "OLLAMA_NUM_PARALLEL=2")
     before = pids(fleet)
     load: dict = {}
-    worker = threading.Thread(target=lambda: load.update(
-        result=run_load([url], "qwen3", concurrency=4, duration=7, num_predict=40)))
+    worker = threading.Thread(
+        target=lambda: load.update(result=run_load([url], "qwen3", concurrency=4, duration=7, num_predict=40))
+    )
     worker.start()
     restart = fleet.run("restart", "--rolling")
     worker.join()
@@ -88,8 +89,11 @@ def test_a_drain_that_times_out_is_reported(fleet) -> None:
 
     def stream() -> None:
         try:
-            httpx.post(url + "/api/generate", json={"model": "qwen3", "prompt": "x", "options": {"num_predict": 100}},
-                       timeout=60)
+            httpx.post(
+                url + "/api/generate",
+                json={"model": "qwen3", "prompt": "x", "options": {"num_predict": 100}},
+                timeout=60,
+            )
         except httpx.RemoteProtocolError as exc:
             cut.append(str(exc))
 
@@ -113,8 +117,9 @@ def test_up_rolling_applies_a_plan_change_without_losing_a_request(fleet) -> Non
     url = gateway_up(fleet, "haproxy")
     flags = read_flags(fleet)
     load: dict = {}
-    worker = threading.Thread(target=lambda: load.update(
-        result=run_load([url], "qwen3", concurrency=2, duration=6, num_predict=40)))
+    worker = threading.Thread(
+        target=lambda: load.update(result=run_load([url], "qwen3", concurrency=2, duration=6, num_predict=40))
+    )
     worker.start()
     result = fleet.run("up", *flags, "--keep-alive", "10m", "--rolling")
     worker.join()

@@ -3,6 +3,7 @@ install-systemd manifest), the fake NVML, and Prometheus output judged by promet
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -16,11 +17,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ollama_fleet.cli.views import prometheus
 from ollama_fleet.config import load_config
 from ollama_fleet.gpus import Discovery, Gpu
 from ollama_fleet.plan import ModelsDir, plan
 from ollama_fleet.state import DESIRED, Desired, read_actual, read_gateway, write_model
-from ollama_fleet.status import expires_in, gather, parse_rfc3339, prometheus
+from ollama_fleet.status import expires_in, gather, parse_rfc3339
 from tests.conftest import FAKES, fake_pynvml, free_port_range, require_tool, start_instances, stop, subprocess_env
 
 
@@ -89,7 +91,10 @@ def test_prometheus_output_parses_with_one_sample_per_instance(fleet) -> None:
     up = families["ollama_fleet_instance_up"]
     assert sorted((s.labels["instance"], s.value) for s in up.samples) == [("gpu0", 1.0), ("gpu1", 1.0)]
     vram = families["ollama_fleet_model_vram_bytes"].samples
-    assert {(s.labels["instance"], s.labels["model"]) for s in vram} == {("gpu0", "qwen3:latest"), ("gpu1", "qwen3:latest")}
+    assert {(s.labels["instance"], s.labels["model"]) for s in vram} == {
+        ("gpu0", "qwen3:latest"),
+        ("gpu1", "qwen3:latest"),
+    }
     used = {s.labels["gpu"]: s.value for s in families["ollama_fleet_gpu_memory_used_bytes"].samples}
     assert used == {"gpu0": 2**29, "gpu1": 2**30}
     assert families["ollama_fleet_up"].samples[0].value == 1.0
@@ -101,8 +106,12 @@ def test_prometheus_output_parses_with_one_sample_per_instance(fleet) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["2026-11-29T10:00:00.123456789+01:00", "2026-11-29T09:00:00.1234567Z", "2026-11-29T10:00:00+01:00",
-     "2026-11-29T04:00:00.5-05:00"],
+    [
+        "2026-11-29T10:00:00.123456789+01:00",
+        "2026-11-29T09:00:00.1234567Z",
+        "2026-11-29T10:00:00+01:00",
+        "2026-11-29T04:00:00.5-05:00",
+    ],
 )
 def test_expiry_in_gos_rfc3339_nano_is_read_on_every_python(text: str) -> None:
     """Ollama writes expires_at with up to 9 fractional digits and its local offset, which
@@ -111,7 +120,8 @@ def test_expiry_in_gos_rfc3339_nano_is_read_on_every_python(text: str) -> None:
     assert when is not None
     assert when.astimezone(timezone.utc).replace(microsecond=0) == datetime(2026, 11, 29, 9, 0, tzinfo=timezone.utc)
     assert expires_in(text, now=datetime(2026, 11, 29, 8, 59, tzinfo=timezone.utc)) == pytest.approx(
-        60 + when.microsecond / 1e6)
+        60 + when.microsecond / 1e6
+    )
     assert expires_in("2316-01-01T00:00:00.1+01:00") is None  # kept forever
     assert parse_rfc3339("soon") is None
 
@@ -121,12 +131,23 @@ def test_label_values_are_escaped() -> None:
 
     odd = 'we"ird\\name\nx'
     report = StatusReport(
-        source="up", nvml=NvmlStatus(available=False), gpus=[],
-        instances=[InstanceStatus(name="gpu0", address="127.0.0.1:1", gpus=["0"], healthy=True,
-                                  models=[LoadedModel(name=odd, size_vram=5)])],
+        source="up",
+        nvml=NvmlStatus(available=False),
+        gpus=[],
+        instances=[
+            InstanceStatus(
+                name="gpu0",
+                address="127.0.0.1:1",
+                gpus=["0"],
+                healthy=True,
+                models=[LoadedModel(name=odd, size_vram=5)],
+            )
+        ],
         gateway=GatewayStatus(engine=None),
     )
-    [sample] = {f.name: f for f in text_string_to_metric_families(prometheus(report))}["ollama_fleet_model_vram_bytes"].samples
+    [sample] = {f.name: f for f in text_string_to_metric_families(prometheus(report))}[
+        "ollama_fleet_model_vram_bytes"
+    ].samples
     assert sample.labels["model"] == odd and sample.value == 5
 
 
@@ -151,7 +172,11 @@ def test_without_nvml_it_degrades_and_says_so(fleet) -> None:
 def _planned(count: int, base: int, tmp_path: Path):
     config = load_config({"base_port": str(base), "gpus_per_instance": "1"}, environ={}, cwd=tmp_path)
     gpus = [Gpu(index=k, uuid=f"GPU-{k}") for k in range(count)]
-    return plan(config, Discovery(gpus=gpus, pinned_by="uuid"), ModelsDir(path=tmp_path, exists=True, readable=True, owner="root"))
+    return plan(
+        config,
+        Discovery(gpus=gpus, pinned_by="uuid"),
+        ModelsDir(path=tmp_path, exists=True, readable=True, owner="root"),
+    )
 
 
 def test_probes_run_at_once_so_a_hung_instance_costs_one_timeout(tmp_path: Path) -> None:
@@ -163,7 +188,9 @@ def test_probes_run_at_once_so_a_hung_instance_costs_one_timeout(tmp_path: Path)
     hung.listen(16)  # connections complete in the backlog; nothing ever reads them
     try:
         state = tmp_path / "state"
-        write_model(state / DESIRED, Desired(instances=_planned(8, base, tmp_path).instances, ollama_bin="/bin/true", user=None))
+        write_model(
+            state / DESIRED, Desired(instances=_planned(8, base, tmp_path).instances, ollama_bin="/bin/true", user=None)
+        )
         timeout = 1.0
         start = time.monotonic()
         report = gather(state, timeout, system_root=tmp_path)
@@ -183,9 +210,24 @@ def test_a_systemd_installed_fleet_is_found_through_its_manifest(tmp_path: Path)
     root = tmp_path / "root"
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "ollama_fleet", "install-systemd", "--root", str(root), "--no-gateway",
-             "--ollama-bin", sys.executable, "--base-port", str(base), "--models-dir", str(tmp_path)],
-            env=subprocess_env(FAKE_NVML_GPUS="2"), capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "ollama_fleet",
+                "install-systemd",
+                "--root",
+                str(root),
+                "--no-gateway",
+                "--ollama-bin",
+                sys.executable,
+                "--base-port",
+                str(base),
+                "--models-dir",
+                str(tmp_path),
+            ],
+            env=subprocess_env(FAKE_NVML_GPUS="2"),
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 0, result.stderr
         report = gather(tmp_path / "no-up-state", 2.0, system_root=root)
@@ -206,22 +248,48 @@ def test_a_systemd_instance_on_a_foreign_gpu_is_unhealthy(tmp_path: Path, monkey
     journal = tmp_path / "journal"
     journal.mkdir()
     started = 'time=2026-11-29T10:00:00.1+01:00 level=INFO source=routes.go:2008 msg="Listening on 127.0.0.1:1 (version 0.33.0)"'
-    line = ('time=2026-11-29T10:00:01.123456789+01:00 level=INFO source=types.go:42 msg="inference compute" id={id} '
-            'filter_id={filter} library={library} compute=8.9 name={library}{id} description="NVIDIA GeForce RTX 4090" '
-            'libdirs=ollama,cuda_v13 driver=13.0 pci_id={pci} type=discrete total="23.5 GiB" available="23.1 GiB"')
-    (journal / "ollama-fleet@gpu0.service.log").write_text("\n".join([
-        started, line.format(id=0, filter=fake_pynvml.uuid_of(0), library="CUDA", pci="0000:10:00.0")]) + "\n")
-    (journal / "ollama-fleet@gpu1.service.log").write_text("\n".join([
-        started, line.format(id=0, filter=fake_pynvml.uuid_of(1), library="CUDA", pci="0000:11:00.0"),
-        line.format(id=0, filter=0, library="Vulkan", pci="0000:10:00.0")]) + "\n")
+    line = (
+        'time=2026-11-29T10:00:01.123456789+01:00 level=INFO source=types.go:42 msg="inference compute" id={id} '
+        'filter_id={filter} library={library} compute=8.9 name={library}{id} description="NVIDIA GeForce RTX 4090" '
+        'libdirs=ollama,cuda_v13 driver=13.0 pci_id={pci} type=discrete total="23.5 GiB" available="23.1 GiB"'
+    )
+    (journal / "ollama-fleet@gpu0.service.log").write_text(
+        "\n".join([started, line.format(id=0, filter=fake_pynvml.uuid_of(0), library="CUDA", pci="0000:10:00.0")])
+        + "\n"
+    )
+    (journal / "ollama-fleet@gpu1.service.log").write_text(
+        "\n".join(
+            [
+                started,
+                line.format(id=0, filter=fake_pynvml.uuid_of(1), library="CUDA", pci="0000:11:00.0"),
+                line.format(id=0, filter=0, library="Vulkan", pci="0000:10:00.0"),
+            ]
+        )
+        + "\n"
+    )
     monkeypatch.setenv("PATH", f"{FAKES / 'bin'}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_JOURNAL_DIR", str(journal))
     monkeypatch.setenv("FAKE_NVML_GPUS", "2")
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "ollama_fleet", "install-systemd", "--root", str(root), "--no-gateway",
-             "--ollama-bin", sys.executable, "--base-port", str(base), "--models-dir", str(tmp_path)],
-            env=subprocess_env(FAKE_NVML_GPUS="2"), capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "ollama_fleet",
+                "install-systemd",
+                "--root",
+                str(root),
+                "--no-gateway",
+                "--ollama-bin",
+                sys.executable,
+                "--base-port",
+                str(base),
+                "--models-dir",
+                str(tmp_path),
+            ],
+            env=subprocess_env(FAKE_NVML_GPUS="2"),
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 0, result.stderr
         report = gather(tmp_path / "no-up-state", 2.0, system_root=root)
@@ -241,8 +309,13 @@ def test_watch_redraws_in_place_until_interrupted(fleet) -> None:
 
     assert fleet.run("up").returncode == 0
     master, slave = pty.openpty()
-    proc = subprocess.Popen(fleet.argv("status", "--watch", "--interval", "0.3"), env={**fleet.env, "TERM": "xterm"},
-                            stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        fleet.argv("status", "--watch", "--interval", "0.3"),
+        env={**fleet.env, "TERM": "xterm"},
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+    )
     os.close(slave)
     chunks: list[bytes] = []
 
@@ -279,8 +352,11 @@ def test_an_ollama_serve_the_fleet_did_not_start_is_reported(fleet, tmp_path: Pa
     binary.parent.mkdir()
     binary.symlink_to(FAKE_OLLAMA)
     port = free_port_range(1)
-    stock = subprocess.Popen([str(binary), "serve"], stderr=subprocess.DEVNULL,
-                             env={"PATH": os.environ["PATH"], "HOME": fake_home(), "OLLAMA_HOST": f"127.0.0.1:{port}"})
+    stock = subprocess.Popen(
+        [str(binary), "serve"],
+        stderr=subprocess.DEVNULL,
+        env={"PATH": os.environ["PATH"], "HOME": fake_home(), "OLLAMA_HOST": f"127.0.0.1:{port}"},
+    )
     try:
         wait_answering(f"http://127.0.0.1:{port}/api/version")
         plan = fleet.run("plan")
@@ -298,21 +374,45 @@ def test_the_status_table_fits_80_columns_with_the_haproxy_column() -> None:
     """A wide case: a MIG instance name, restarts, a slow probe, a busy drained instance."""
     from rich.console import Console
 
-    from ollama_fleet.cli import _status_view
+    from ollama_fleet.cli.views import status_view as _status_view
     from ollama_fleet.gateway import ServerStats
     from ollama_fleet.status import GatewayStatus, InstanceStatus, NvmlStatus, StatusReport
 
-    wide = InstanceStatus(name="gpu10-mig1", address="127.0.0.1:11544", gpus=["10-mig1"], pid=4194304,
-                          uptime_s=2 * 86400 + 3 * 3600, restarts=12, healthy=True, latency_ms=1234.5,
-                          version="0.33.0-rc2", devices=["CUDA MIG-x"],
-                          gateway=ServerStats(state="DRAIN", queued=3, in_flight=4))
-    down = InstanceStatus(name="gpu0_1", address="127.0.0.1:11534", gpus=["0", "1"], gateway=ServerStats(
-        state="DOWN 1/2", queued=0, in_flight=0), error="refused")
-    wrong = InstanceStatus(name="gpu2", address="127.0.0.1:11536", gpus=["2"], version="0.33.0-rc2",
-                           error="sees Vulkan 0 (0000:10:00.0) beyond its pin: a non-CUDA backend ignores it")
-    report = StatusReport(source="systemd", nvml=NvmlStatus(available=False), gpus=[], instances=[wide, down, wrong],
-                          gateway=GatewayStatus(engine="haproxy", listen="0.0.0.0:8080", up=True, queued=5))
-    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    wide = InstanceStatus(
+        name="gpu10-mig1",
+        address="127.0.0.1:11544",
+        gpus=["10-mig1"],
+        pid=4194304,
+        uptime_s=2 * 86400 + 3 * 3600,
+        restarts=12,
+        healthy=True,
+        latency_ms=1234.5,
+        version="0.33.0-rc2",
+        devices=["CUDA MIG-x"],
+        gateway=ServerStats(state="DRAIN", queued=3, in_flight=4),
+    )
+    down = InstanceStatus(
+        name="gpu0_1",
+        address="127.0.0.1:11534",
+        gpus=["0", "1"],
+        gateway=ServerStats(state="DOWN 1/2", queued=0, in_flight=0),
+        error="refused",
+    )
+    wrong = InstanceStatus(
+        name="gpu2",
+        address="127.0.0.1:11536",
+        gpus=["2"],
+        version="0.33.0-rc2",
+        error="sees Vulkan 0 (0000:10:00.0) beyond its pin: a non-CUDA backend ignores it",
+    )
+    report = StatusReport(
+        source="systemd",
+        nvml=NvmlStatus(available=False),
+        gpus=[],
+        instances=[wide, down, wrong],
+        gateway=GatewayStatus(engine="haproxy", listen="0.0.0.0:8080", up=True, queued=5),
+    )
+    console = Console(width=80, record=True, file=io.StringIO())
     console.print(_status_view(report))
     text = console.export_text()
     assert "…" not in text, text

@@ -31,7 +31,9 @@ def ollama_bin(tmp_path: Path) -> Path:
     return path
 
 
-def install(tmp_path: Path, *args: str, gpus: int = 2, path: str | None = None, **env: str) -> subprocess.CompletedProcess:
+def install(
+    tmp_path: Path, *args: str, gpus: int = 2, path: str | None = None, **env: str
+) -> subprocess.CompletedProcess:
     environ = subprocess_env(FAKE_NVML_GPUS=str(gpus), OLLAMA_FLEET_MODELS_DIR=str(tmp_path / "models%q"))
     environ.update(env)
     if path is not None:
@@ -43,8 +45,16 @@ def install(tmp_path: Path, *args: str, gpus: int = 2, path: str | None = None, 
 
 def staged(tmp_path: Path, root: Path, ollama_bin: Path, *args: str, gpus: int = 2) -> subprocess.CompletedProcess:
     result = install(
-        tmp_path, "install-systemd", "--root", str(root), "--ollama-bin", str(ollama_bin),
-        "--listen", "127.0.0.1:8080", *args, gpus=gpus,
+        tmp_path,
+        "install-systemd",
+        "--root",
+        str(root),
+        "--ollama-bin",
+        str(ollama_bin),
+        "--listen",
+        "127.0.0.1:8080",
+        *args,
+        gpus=gpus,
     )
     assert result.returncode == 0, result.stderr
     return result
@@ -64,7 +74,8 @@ def test_units_pass_systemd_analyze_verify_without_a_warning(tmp_path: Path, oll
     result = subprocess.run(
         [analyze, "verify", "ollama-fleet.target", *(f"ollama-fleet@{n}.service" for n in names)],
         env={**os.environ, "SYSTEMD_UNIT_PATH": f"{root / UNITS}:"},  # trailing ':' appends the default path
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert (result.returncode, result.stderr, result.stdout) == (0, "", "")
     target = (root / UNITS / "ollama-fleet.target").read_text()
@@ -80,8 +91,12 @@ def test_verify_is_a_real_judge(tmp_path: Path, ollama_bin: Path) -> None:
     staged(tmp_path, root, ollama_bin, gpus=1)
     unit = root / UNITS / "ollama-fleet@.service"
     unit.write_text(unit.read_text().replace("%%i", "%i"))
-    result = subprocess.run([analyze, "verify", "ollama-fleet@gpu0.service"],
-                            env={**os.environ, "SYSTEMD_UNIT_PATH": f"{root / UNITS}:"}, capture_output=True, text=True)
+    result = subprocess.run(
+        [analyze, "verify", "ollama-fleet@gpu0.service"],
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{root / UNITS}:"},
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0 and "is not executable" in result.stderr
 
 
@@ -132,7 +147,9 @@ def test_shrinking_the_plan_removes_env_files(tmp_path: Path, ollama_bin: Path) 
     staged(tmp_path, root, ollama_bin, gpus=4)
     result = staged(tmp_path, root, ollama_bin, gpus=2)
     assert sorted(p.name for p in (root / CONF).glob("*.env")) == ["gpu0.env", "gpu1.env"]
-    assert "removed /etc/ollama-fleet/gpu2.env" in result.stdout and "removed /etc/ollama-fleet/gpu3.env" in result.stdout
+    assert (
+        "removed /etc/ollama-fleet/gpu2.env" in result.stdout and "removed /etc/ollama-fleet/gpu3.env" in result.stdout
+    )
     assert "Wants=ollama-fleet@gpu2" not in (root / UNITS / "ollama-fleet.target").read_text()
 
 
@@ -188,8 +205,19 @@ def test_a_snippet_nginx_rejects_leaves_the_old_one(tmp_path: Path, ollama_bin: 
     # A valid setting nginx still refuses: a TLS certificate that is not one.
     (tmp_path / "cert.pem").write_text("not a certificate\n")
     (tmp_path / "key.pem").write_text("not a key\n")
-    result = install(tmp_path, "install-systemd", "--root", str(root), "--ollama-bin", str(ollama_bin),
-                     "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"), gpus=1)
+    result = install(
+        tmp_path,
+        "install-systemd",
+        "--root",
+        str(root),
+        "--ollama-bin",
+        str(ollama_bin),
+        "--tls-cert",
+        str(tmp_path / "cert.pem"),
+        "--tls-key",
+        str(tmp_path / "key.pem"),
+        gpus=1,
+    )
     assert result.returncode == 1, result.stderr
     assert "nginx -t" in result.stderr and "Traceback" not in result.stderr
     assert snippet.read_text() == before
@@ -204,12 +232,22 @@ def fake_systemctl_path(tmp_path: Path) -> str:
 
 
 @pytest.mark.parametrize("state", [None, "offline"])
-def test_without_systemd_as_init_it_exits_3_and_suggests_root(tmp_path: Path, ollama_bin: Path, state: str | None) -> None:
+def test_without_systemd_as_init_it_exits_3_and_suggests_root(
+    tmp_path: Path, ollama_bin: Path, state: str | None
+) -> None:
     require_root()  # without root install-systemd refuses earlier (tested below)
     # No systemctl at all (an empty PATH), or one that says systemd is not PID 1.
     path = str(tmp_path) if state is None else fake_systemctl_path(tmp_path)
-    result = install(tmp_path, "install-systemd", "--ollama-bin", str(ollama_bin), gpus=1, path=path,
-                     FAKE_SYSTEMCTL_STATE=state or "", FAKE_SYSTEMCTL_LOG=str(tmp_path / "calls"))
+    result = install(
+        tmp_path,
+        "install-systemd",
+        "--ollama-bin",
+        str(ollama_bin),
+        gpus=1,
+        path=path,
+        FAKE_SYSTEMCTL_STATE=state or "",
+        FAKE_SYSTEMCTL_LOG=str(tmp_path / "calls"),
+    )
     assert result.returncode == 3, result.stderr
     assert "--root" in result.stderr and "--no-enable" in result.stderr
     assert not Path("/etc/ollama-fleet/manifest.json").exists()
@@ -237,8 +275,21 @@ def service_user():
     name = f"fleet-test-{os.getpid() % 100000}"
     home = Path(tempfile.mkdtemp(prefix="fleet-test-home-"))
     home.chmod(0o755)
-    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", str(home),
-                    "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            str(home),
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         shutil.chown(home, name, name)
         yield name, home
@@ -260,15 +311,20 @@ def real_root(tmp_path: Path):
     env = dict(FAKE_SYSTEMCTL_LOG=str(calls), OLLAMA_FLEET_MODELS_DIR=str(models))
     yield env, calls
     shutil.rmtree(models)
-    for path in ("/etc/ollama-fleet", "/etc/systemd/system/ollama-fleet@.service",
-                 "/etc/systemd/system/ollama-fleet.target", "/etc/systemd/system/ollama-fleet-gateway.service",
-                 "/etc/nginx/conf.d/ollama-fleet.conf"):
+    for path in (
+        "/etc/ollama-fleet",
+        "/etc/systemd/system/ollama-fleet@.service",
+        "/etc/systemd/system/ollama-fleet.target",
+        "/etc/systemd/system/ollama-fleet-gateway.service",
+        "/etc/nginx/conf.d/ollama-fleet.conf",
+    ):
         p = Path(path)
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 
-def test_enable_path_calls_systemctl_and_restarts_only_what_changed(tmp_path: Path, ollama_bin: Path, real_root,
-                                                                    service_user) -> None:
+def test_enable_path_calls_systemctl_and_restarts_only_what_changed(
+    tmp_path: Path, ollama_bin: Path, real_root, service_user
+) -> None:
     env, calls = real_root
     user, home = service_user
     path = fake_systemctl_path(tmp_path)
@@ -289,10 +345,13 @@ def test_enable_path_calls_systemctl_and_restarts_only_what_changed(tmp_path: Pa
     assert f"ReadWritePaths=-{state}" in Path("/etc/systemd/system/ollama-fleet@.service").read_text()
     assert run() == ["enable --now ollama-fleet.target"]  # unchanged: nothing restarted
     assert run("--keep-alive", "1h") == [
-        "try-restart ollama-fleet@gpu0.service ollama-fleet@gpu1.service", "enable --now ollama-fleet.target",
+        "try-restart ollama-fleet@gpu0.service ollama-fleet@gpu1.service",
+        "enable --now ollama-fleet.target",
     ]
     assert run("--keep-alive", "1h", gpus=1) == [
-        "stop ollama-fleet@gpu1.service", "daemon-reload", "enable --now ollama-fleet.target",
+        "stop ollama-fleet@gpu1.service",
+        "daemon-reload",
+        "enable --now ollama-fleet.target",
     ]
     assert not Path("/etc/ollama-fleet/gpu1.env").exists()
     calls.unlink()
@@ -305,8 +364,17 @@ def test_enable_path_calls_systemctl_and_restarts_only_what_changed(tmp_path: Pa
 
 def test_a_missing_service_user_is_exit_3_with_the_useradd_line(tmp_path: Path, ollama_bin: Path, real_root) -> None:
     env, _ = real_root
-    result = install(tmp_path, "install-systemd", "--ollama-bin", str(ollama_bin), "--user", "no-such-user-here",
-                     gpus=1, path=fake_systemctl_path(tmp_path), **env)
+    result = install(
+        tmp_path,
+        "install-systemd",
+        "--ollama-bin",
+        str(ollama_bin),
+        "--user",
+        "no-such-user-here",
+        gpus=1,
+        path=fake_systemctl_path(tmp_path),
+        **env,
+    )
     assert result.returncode == 3
     assert "useradd --system" in result.stderr and "no-such-user-here" in result.stderr
     assert not Path("/etc/ollama-fleet").exists()
@@ -316,8 +384,17 @@ def test_a_models_dir_the_user_cannot_write_is_exit_3(tmp_path: Path, ollama_bin
     env, _ = real_root
     private = tmp_path / "private-models"  # under root's 0700 tmp dir: nobody cannot reach it
     private.mkdir(mode=0o777)
-    result = install(tmp_path, "install-systemd", "--ollama-bin", str(ollama_bin), "--user", "nobody", gpus=1,
-                     path=fake_systemctl_path(tmp_path), **{**env, "OLLAMA_FLEET_MODELS_DIR": str(private)})
+    result = install(
+        tmp_path,
+        "install-systemd",
+        "--ollama-bin",
+        str(ollama_bin),
+        "--user",
+        "nobody",
+        gpus=1,
+        path=fake_systemctl_path(tmp_path),
+        **{**env, "OLLAMA_FLEET_MODELS_DIR": str(private)},
+    )
     assert result.returncode == 3, result.stderr
     # Said once, with the reason a chown cannot mend: a parent nobody may pass.
     assert f"user nobody can never reach {private}" in result.stderr and "mode 0700" in result.stderr
@@ -325,12 +402,19 @@ def test_a_models_dir_the_user_cannot_write_is_exit_3(tmp_path: Path, ollama_bin
     assert not Path("/etc/ollama-fleet").exists()
 
 
-@pytest.mark.parametrize(("models", "protected"), [("/srv/models", True), ("/home/ai/models", False), ("/root/m", False)])
+@pytest.mark.parametrize(
+    ("models", "protected"), [("/srv/models", True), ("/home/ai/models", False), ("/root/m", False)]
+)
 def test_protect_home_only_when_the_models_dir_is_outside_home(models: str, protected: bool) -> None:
     from ollama_fleet.systemd import Service, render_units
 
-    service = Service(ollama_bin="/usr/bin/ollama", user="ollama", group="ollama", models_dir=Path(models),
-                      home=Path("/usr/share/ollama"))
+    service = Service(
+        ollama_bin="/usr/bin/ollama",
+        user="ollama",
+        group="ollama",
+        models_dir=Path(models),
+        home=Path("/usr/share/ollama"),
+    )
     unit = render_units((), service)[0].content
     assert ("ProtectHome=read-only" in unit) is protected
     assert f"ReadWritePaths=-{models}\n" in unit
@@ -343,8 +427,19 @@ def test_restart_of_a_systemd_fleet_uses_systemctl(tmp_path: Path, ollama_bin: P
     base, procs = start_instances(2)  # stand-ins for the units' processes, on their ports
     try:
         path = fake_systemctl_path(tmp_path)
-        result = install(tmp_path, "install-systemd", "--ollama-bin", str(ollama_bin), "--user", service_user[0],
-                         "--no-gateway", "--base-port", str(base), path=path, **env)
+        result = install(
+            tmp_path,
+            "install-systemd",
+            "--ollama-bin",
+            str(ollama_bin),
+            "--user",
+            service_user[0],
+            "--no-gateway",
+            "--base-port",
+            str(base),
+            path=path,
+            **env,
+        )
         assert result.returncode == 0, result.stderr
         assert "all 2 instance(s) answer" in result.stdout  # it waited for them
         calls.unlink()
@@ -358,14 +453,23 @@ def test_restart_of_a_systemd_fleet_uses_systemctl(tmp_path: Path, ollama_bin: P
         stop(procs)
 
 
-def test_switching_the_gateway_from_haproxy_to_nginx_stops_the_old_unit(tmp_path: Path, ollama_bin: Path, real_root,
-                                                                         service_user) -> None:
+def test_switching_the_gateway_from_haproxy_to_nginx_stops_the_old_unit(
+    tmp_path: Path, ollama_bin: Path, real_root, service_user
+) -> None:
     require_tool("haproxy")
     require_tool("nginx")
     env, calls = real_root
     path = fake_systemctl_path(tmp_path)
-    args = ["install-systemd", "--ollama-bin", str(ollama_bin), "--user", service_user[0],
-            "--listen", "127.0.0.1:18080", "--no-wait"]
+    args = [
+        "install-systemd",
+        "--ollama-bin",
+        str(ollama_bin),
+        "--user",
+        service_user[0],
+        "--listen",
+        "127.0.0.1:18080",
+        "--no-wait",
+    ]
     assert install(tmp_path, *args, "--engine", "haproxy", path=path, **env).returncode == 0
     assert Path("/etc/systemd/system/ollama-fleet-gateway.service").exists()
     calls.unlink()
@@ -373,7 +477,10 @@ def test_switching_the_gateway_from_haproxy_to_nginx_stops_the_old_unit(tmp_path
     assert result.returncode == 0, result.stderr
     # nginx takes the port over first (both listen with SO_REUSEPORT), then the old one goes.
     assert calls.read_text().splitlines() == [
-        "daemon-reload", "enable --now ollama-fleet.target", "reload nginx.service", "stop ollama-fleet-gateway.service",
+        "daemon-reload",
+        "enable --now ollama-fleet.target",
+        "reload nginx.service",
+        "stop ollama-fleet-gateway.service",
     ]
     assert not Path("/etc/systemd/system/ollama-fleet-gateway.service").exists()
     assert not Path("/etc/ollama-fleet/haproxy.cfg").exists()
@@ -386,8 +493,16 @@ def test_nginx_not_running_is_started_and_said(tmp_path: Path, ollama_bin: Path,
     require_tool("nginx")
     env, calls = real_root
     path = fake_systemctl_path(tmp_path)
-    args = ["install-systemd", "--ollama-bin", str(ollama_bin), "--user", service_user[0],
-            "--listen", "127.0.0.1:18080", "--no-wait"]
+    args = [
+        "install-systemd",
+        "--ollama-bin",
+        str(ollama_bin),
+        "--user",
+        service_user[0],
+        "--listen",
+        "127.0.0.1:18080",
+        "--no-wait",
+    ]
     first = install(tmp_path, *args, path=path, FAKE_SYSTEMCTL_INACTIVE="nginx.service", **env)
     assert first.returncode == 0, first.stderr
     assert "nginx.service was not running: started it" in first.stdout
@@ -398,8 +513,9 @@ def test_nginx_not_running_is_started_and_said(tmp_path: Path, ollama_bin: Path,
     assert calls.read_text().splitlines() == ["enable --now ollama-fleet.target"]
 
 
-def test_install_waits_and_fails_with_the_journal_of_what_did_not_come_up(tmp_path: Path, ollama_bin: Path, real_root,
-                                                                         service_user) -> None:
+def test_install_waits_and_fails_with_the_journal_of_what_did_not_come_up(
+    tmp_path: Path, ollama_bin: Path, real_root, service_user
+) -> None:
     """`Type=exec` reports a start as soon as the process runs: install asks each instance
     instead, and names the one that never answered with its journal's last lines."""
     from tests.conftest import FAKE_OLLAMA, fake_home, free_port_range, stop
@@ -409,34 +525,67 @@ def test_install_waits_and_fails_with_the_journal_of_what_did_not_come_up(tmp_pa
     journal.mkdir()
     (journal / "ollama-fleet@gpu1.service.log").write_text(
         "Couldn't find '/usr/share/ollama/.ollama/id_ed25519'. Generating new private key.\n"
-        "Error: could not create directory mkdir /usr/share/ollama/.ollama: read-only file system\n")
+        "Error: could not create directory mkdir /usr/share/ollama/.ollama: read-only file system\n"
+    )
     base = free_port_range(2)
     # gpu0's unit "runs" (a stand-in on its port); gpu1's crash-loops, as its journal says.
-    procs = [subprocess.Popen([sys.executable, str(FAKE_OLLAMA), "serve"], stderr=subprocess.DEVNULL,
-                              env={"PATH": os.environ["PATH"], "HOME": fake_home(), "OLLAMA_HOST": f"127.0.0.1:{base}"})]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(FAKE_OLLAMA), "serve"],
+            stderr=subprocess.DEVNULL,
+            env={"PATH": os.environ["PATH"], "HOME": fake_home(), "OLLAMA_HOST": f"127.0.0.1:{base}"},
+        )
+    ]
     try:
-        result = install(tmp_path, "install-systemd", "--ollama-bin", str(ollama_bin), "--user", service_user[0],
-                         "--no-gateway", "--base-port", str(base), "--wait-timeout", "2",
-                         path=fake_systemctl_path(tmp_path), FAKE_JOURNAL_DIR=str(journal), **env)
+        result = install(
+            tmp_path,
+            "install-systemd",
+            "--ollama-bin",
+            str(ollama_bin),
+            "--user",
+            service_user[0],
+            "--no-gateway",
+            "--base-port",
+            str(base),
+            "--wait-timeout",
+            "2",
+            path=fake_systemctl_path(tmp_path),
+            FAKE_JOURNAL_DIR=str(journal),
+            **env,
+        )
         assert result.returncode == 1, result.stdout + result.stderr
-        assert "gpu1 did not answer GET /api/version within 2s; last lines of journalctl -u ollama-fleet@gpu1.service:" \
+        assert (
+            "gpu1 did not answer GET /api/version within 2s; last lines of journalctl -u ollama-fleet@gpu1.service:"
             in result.stderr
+        )
         assert "read-only file system" in result.stderr and "gpu0" not in result.stderr
     finally:
         stop(procs)
 
 
-def test_the_default_models_dir_is_the_service_users_own(tmp_path: Path, ollama_bin: Path, real_root,
-                                                          service_user) -> None:
+def test_the_default_models_dir_is_the_service_users_own(
+    tmp_path: Path, ollama_bin: Path, real_root, service_user
+) -> None:
     """Run as root with no models dir: not /root/.ollama/models (root's 0700 home, which the
     service user can never reach) but the service user's ~/.ollama/models."""
     env, _ = real_root
     user, home = service_user
-    environ = subprocess_env(FAKE_NVML_GPUS="1", PATH=fake_systemctl_path(tmp_path),
-                             FAKE_SYSTEMCTL_LOG=env["FAKE_SYSTEMCTL_LOG"])
+    environ = subprocess_env(
+        FAKE_NVML_GPUS="1", PATH=fake_systemctl_path(tmp_path), FAKE_SYSTEMCTL_LOG=env["FAKE_SYSTEMCTL_LOG"]
+    )
     environ.pop("OLLAMA_FLEET_MODELS_DIR", None)
-    argv = [sys.executable, "-m", "ollama_fleet", "install-systemd", "--ollama-bin", str(ollama_bin),
-            "--user", user, "--no-gateway", "--no-wait"]
+    argv = [
+        sys.executable,
+        "-m",
+        "ollama_fleet",
+        "install-systemd",
+        "--ollama-bin",
+        str(ollama_bin),
+        "--user",
+        user,
+        "--no-gateway",
+        "--no-wait",
+    ]
     missing = subprocess.run(argv, env=environ, capture_output=True, text=True)
     assert missing.returncode == 3
     assert f"models_dir: {home}/.ollama/models does not exist (create it, owned by {user}" in missing.stderr

@@ -19,8 +19,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -60,8 +60,12 @@ def _root(cache: Path) -> Path:
         return root
     building = cache / f"{codename}.building"
     shutil.rmtree(building, ignore_errors=True)
-    proc = subprocess.run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", codename, str(building),
-                           _mirror(codename)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        ["debootstrap", "--variant=minbase", f"--include={PACKAGES}", codename, str(building), _mirror(codename)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     building.rename(root)  # only a finished root is ever cached
     return root
@@ -74,10 +78,33 @@ def _wheels(dest: Path, python: str) -> None:
     subprocess.run([*pip, "wheel", "--no-deps", "-w", str(dest), str(ROOT)], check=True, capture_output=True)
     # Markers name older Pythons than the container's (tomli below 3.11): left out.
     deps = [d for d in _dependencies() if "python_version" not in d]
-    subprocess.run([*pip, "download", "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
-                    *[a for p in ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux2010_x86_64",
-                                  "manylinux_2_28_x86_64", "linux_x86_64") for a in ("--platform", p)],
-                    "-d", str(dest), *deps], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *pip,
+            "download",
+            "--only-binary=:all:",
+            "--python-version",
+            python,
+            "--implementation",
+            "cp",
+            *[
+                a
+                for p in (
+                    "manylinux_2_17_x86_64",
+                    "manylinux2014_x86_64",
+                    "manylinux2010_x86_64",
+                    "manylinux_2_28_x86_64",
+                    "linux_x86_64",
+                )
+                for a in ("--platform", p)
+            ],
+            "-d",
+            str(dest),
+            *deps,
+        ],
+        check=True,
+        capture_output=True,
+    )
 
 
 def _dependencies() -> list[str]:
@@ -94,15 +121,28 @@ class Container:
 
     def __init__(self, root: Path, binds: dict[Path, str], log: Path) -> None:
         name = f"fleet-test-{os.getpid()}"
-        argv = ["systemd-nspawn", "-D", str(root), "--ephemeral", "-b", "--register=no", "--keep-unit",
-                "--private-network", f"--machine={name}", *[f"--bind-ro={src}:{dst}" for src, dst in binds.items()]]
+        argv = [
+            "systemd-nspawn",
+            "-D",
+            str(root),
+            "--ephemeral",
+            "-b",
+            "--register=no",
+            "--keep-unit",
+            "--private-network",
+            f"--machine={name}",
+            *[f"--bind-ro={src}:{dst}" for src, dst in binds.items()],
+        ]
         self.log = log.open("w")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + 60
         self.pid1 = 0
         while time.monotonic() < deadline and self.proc.poll() is None:
-            children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+            children = subprocess.run(
+                ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
+            ).stdout.split()
             if children:
                 self.pid1 = int(children[0])
                 state = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=60).stdout.strip()
@@ -113,8 +153,12 @@ class Container:
 
     def run(self, *argv: str, check: bool = True, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
         environ = [f"{k}={v}" for k, v in {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8", **env}.items()]
-        proc = subprocess.run(["nsenter", "-t", str(self.pid1), "-a", "env", "-i", *environ, *argv],
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            ["nsenter", "-t", str(self.pid1), "-a", "env", "-i", *environ, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check:
             assert proc.returncode == 0, f"{' '.join(argv)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         return proc
@@ -137,20 +181,37 @@ def box(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     for tool in ("systemd-nspawn", "debootstrap", "nsenter", "pgrep"):
         require_tool(tool)
     root = _root(request.config.cache.mkdir("nspawn-root"))
-    python = re.sub(r"^python", "", max((p.name for p in (root / "usr" / "bin").glob("python3.*")
-                                         if re.fullmatch(r"python3\.\d+", p.name)), key=len))
+    python = re.sub(
+        r"^python",
+        "",
+        max(
+            (p.name for p in (root / "usr" / "bin").glob("python3.*") if re.fullmatch(r"python3\.\d+", p.name)), key=len
+        ),
+    )
     wheels = tmp_path_factory.mktemp("wheels")
     wheels.chmod(0o755)
     _wheels(wheels, python)
     tests = FAKE_OLLAMA.parent
-    container = Container(root, {wheels: "/opt/wheels", tests: "/opt/fleet-tests"}, tmp_path_factory.mktemp("boot") / "nspawn.log")
+    container = Container(
+        root, {wheels: "/opt/wheels", tests: "/opt/fleet-tests"}, tmp_path_factory.mktemp("boot") / "nspawn.log"
+    )
     try:
         container.run("python3", "-m", "venv", "/opt/ollama-fleet")
-        container.run("/opt/ollama-fleet/bin/pip", "install", "-q", "--no-index", "--find-links", "/opt/wheels",
-                      "ollama-fleet")
+        container.run(
+            "/opt/ollama-fleet/bin/pip", "install", "-q", "--no-index", "--find-links", "/opt/wheels", "ollama-fleet"
+        )
         # As the official installer's user: a home, and no ~/.ollama in it yet.
-        container.run("useradd", "--system", "--user-group", "--create-home", "--home-dir", "/usr/share/ollama",
-                      "--shell", "/usr/sbin/nologin", "ollama")
+        container.run(
+            "useradd",
+            "--system",
+            "--user-group",
+            "--create-home",
+            "--home-dir",
+            "/usr/share/ollama",
+            "--shell",
+            "/usr/sbin/nologin",
+            "ollama",
+        )
         container.run("install", "-d", "-o", "ollama", "-g", "ollama", "/srv/models")
         yield container
     finally:
@@ -161,9 +222,24 @@ FLEET = "/opt/ollama-fleet/bin/ollama-fleet"
 # The fake NVML (2 GPUs) and the fake Ollama (which writes ~/.ollama/id_ed25519 first, as
 # Ollama does, and logs its devices) stand in for the hardware; everything else is real.
 FAKE_ENV = {"PYTHONPATH": "/opt/fleet-tests/fakes", "FAKE_NVML_GPUS": "2"}
-INSTALL = [FLEET, "install-systemd", "--gpus", "0,1", "--ollama-bin", "/opt/fleet-tests/fake_ollama.py",
-           "--models-dir", "/srv/models", "--listen", "127.0.0.1:8080", "--env", "FAKE_OLLAMA_GPUS=2",
-           "--env", "FAKE_OLLAMA_TPS=100", "--wait-timeout", "60"]
+INSTALL = [
+    FLEET,
+    "install-systemd",
+    "--gpus",
+    "0,1",
+    "--ollama-bin",
+    "/opt/fleet-tests/fake_ollama.py",
+    "--models-dir",
+    "/srv/models",
+    "--listen",
+    "127.0.0.1:8080",
+    "--env",
+    "FAKE_OLLAMA_GPUS=2",
+    "--env",
+    "FAKE_OLLAMA_TPS=100",
+    "--wait-timeout",
+    "60",
+]
 
 
 def _status(box: Container) -> dict:
@@ -199,8 +275,13 @@ def test_the_operators_path_under_a_real_systemd(box: Container) -> None:
     installed = box.run(*INSTALL, **FAKE_ENV)
     assert "all 2 instance(s) answer on their own GPUs, and the gateway" in installed.stdout, installed.stdout
     assert box.run("stat", "-c", "%U %a", "/usr/share/ollama/.ollama").stdout.split() == ["ollama", "755"]
-    answer = box.run("curl", "-si", "http://127.0.0.1:8080/api/generate",
-                     "-d", '{"model": "llama3.2", "prompt": "hi", "stream": false}').stdout
+    answer = box.run(
+        "curl",
+        "-si",
+        "http://127.0.0.1:8080/api/generate",
+        "-d",
+        '{"model": "llama3.2", "prompt": "hi", "stream": false}',
+    ).stdout
     assert re.search(r"(?im)^x-fleet-instance: gpu[01]\r?$", answer), answer
     # The fleet's own units are not "an ollama serve the fleet did not start".
     assert "did not start" not in box.run(FLEET, "plan", "--gpus", "0,1", **FAKE_ENV).stderr
@@ -220,8 +301,23 @@ def test_the_operators_path_under_a_real_systemd(box: Container) -> None:
 
     # The gateway moves from nginx to HAProxy under a probe every 20 ms: never refused.
     box.run("rm", "-f", "/tmp/probe-stop")
-    probe = subprocess.Popen(["nsenter", "-t", str(box.pid1), "-a", "env", "-i", f"PATH={PATH}",
-                              "/opt/ollama-fleet/bin/python", "-c", PROBE, "60"], stdout=subprocess.PIPE, text=True)
+    probe = subprocess.Popen(
+        [
+            "nsenter",
+            "-t",
+            str(box.pid1),
+            "-a",
+            "env",
+            "-i",
+            f"PATH={PATH}",
+            "/opt/ollama-fleet/bin/python",
+            "-c",
+            PROBE,
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(1)
         switched = box.run(*INSTALL, "--engine", "haproxy", **FAKE_ENV)
@@ -235,10 +331,33 @@ def test_the_operators_path_under_a_real_systemd(box: Container) -> None:
     assert box.run("systemctl", "is-active", "ollama-fleet-gateway.service").stdout.strip() == "active"
 
     # A rolling restart under streamed load: no stream cut, no request lost.
-    bench = subprocess.Popen(["nsenter", "-t", str(box.pid1), "-a", "env", "-i", f"PATH={PATH}",
-                              FLEET, "bench", "--url", "http://127.0.0.1:8080", "--model", "llama3.2",
-                              "-c", "4", "--duration", "12", "--num-predict", "40", "--json"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    bench = subprocess.Popen(
+        [
+            "nsenter",
+            "-t",
+            str(box.pid1),
+            "-a",
+            "env",
+            "-i",
+            f"PATH={PATH}",
+            FLEET,
+            "bench",
+            "--url",
+            "http://127.0.0.1:8080",
+            "--model",
+            "llama3.2",
+            "-c",
+            "4",
+            "--duration",
+            "12",
+            "--num-predict",
+            "40",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1)
     rolled = box.run(FLEET, "restart", "--rolling", **FAKE_ENV)
     out, err = bench.communicate(timeout=120)
@@ -247,8 +366,11 @@ def test_the_operators_path_under_a_real_systemd(box: Container) -> None:
 
     # Uninstall leaves nothing: no unit, no file of ours, nothing running.
     box.run(FLEET, "uninstall-systemd")
-    left = box.run("sh", "-c", "ls /etc/ollama-fleet /etc/systemd/system/ollama-fleet* "
-                   "/etc/nginx/conf.d/ollama-fleet.conf 2>/dev/null; true").stdout
+    left = box.run(
+        "sh",
+        "-c",
+        "ls /etc/ollama-fleet /etc/systemd/system/ollama-fleet* /etc/nginx/conf.d/ollama-fleet.conf 2>/dev/null; true",
+    ).stdout
     assert left.strip() == ""
     units = box.run("systemctl", "list-units", "--all", "--no-legend", "ollama-fleet*").stdout
     assert "active" not in units.replace("inactive", ""), units

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
-import re
 import subprocess
 import sys
 import time
@@ -51,9 +51,18 @@ def test_each_instance_sees_its_pinned_environment(fleet) -> None:
     """The fleet's keys, [env], and of the caller's environment only the documented few:
     a stray OLLAMA_* or *_VISIBLE_DEVICES in the operator's shell is named, never passed."""
     result = fleet.run(
-        "up", "--env", "OLLAMA_NUM_PARALLEL=2", "--keep-alive", "15s",
-        OLLAMA_NUM_PARALLEL="7", OLLAMA_ORIGINS="http://evil", HIP_VISIBLE_DEVICES="1", CUDA_VISIBLE_DEVICES="3",
-        SOME_SECRET="s3cret", LC_ALL="C.UTF-8", HTTPS_PROXY="http://proxy.invalid:3128",
+        "up",
+        "--env",
+        "OLLAMA_NUM_PARALLEL=2",
+        "--keep-alive",
+        "15s",
+        OLLAMA_NUM_PARALLEL="7",
+        OLLAMA_ORIGINS="http://evil",
+        HIP_VISIBLE_DEVICES="1",
+        CUDA_VISIBLE_DEVICES="3",
+        SOME_SECRET="s3cret",
+        LC_ALL="C.UTF-8",
+        HTTPS_PROXY="http://proxy.invalid:3128",
     )
     assert result.returncode == 0, result.stderr
     warning = next(line for line in result.stderr.splitlines() if "do not inherit" in line)
@@ -82,7 +91,7 @@ def test_up_fails_when_an_instance_is_not_on_its_own_gpu(fleet, tmp_path: Path) 
     sees its neighbours' GPUs through Vulkan; one whose CUDA library fails runs on the CPU.
     `up` reads each instance's own "inference compute" lines and fails, naming it."""
     leaky = tmp_path / "ollama-leaky"
-    leaky.write_text(f"#!/bin/sh\nunset OLLAMA_VULKAN\nexec {sys.executable} {FAKE_OLLAMA} \"$@\"\n")
+    leaky.write_text(f'#!/bin/sh\nunset OLLAMA_VULKAN\nexec {sys.executable} {FAKE_OLLAMA} "$@"\n')
     leaky.chmod(0o755)
     result = fleet.run("up", "--ollama-bin", str(leaky), "--env", "FAKE_OLLAMA_GPUS=2")
     assert result.returncode == 1, result.stdout + result.stderr
@@ -222,15 +231,22 @@ def test_background_supervisor_restarts_a_killed_instance(fleet) -> None:
 
 
 def test_foreground_restarts_prefixes_and_stops_on_sigterm(fleet) -> None:
-    proc = subprocess.Popen(fleet.argv("up", "--foreground"), env=fleet.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        fleet.argv("up", "--foreground"), env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        wait_for(lambda: (fleet.state / "supervisor.json").exists() and answers(fleet.url(0))
-                 and answers(fleet.url(1)), 20, "the fleet")
+        wait_for(
+            lambda: (fleet.state / "supervisor.json").exists() and answers(fleet.url(0)) and answers(fleet.url(1)),
+            20,
+            "the fleet",
+        )
         first = pids(fleet)
         os.kill(first["gpu0"], signal.SIGKILL)
-        wait_for(lambda: pids(fleet).get("gpu0") not in (None, first["gpu0"]) and answers(fleet.url(0)), 5,
-                 "gpu0 to answer again")
+        wait_for(
+            lambda: pids(fleet).get("gpu0") not in (None, first["gpu0"]) and answers(fleet.url(0)),
+            5,
+            "gpu0 to answer again",
+        )
         everything = [*pids(fleet).values()]
         proc.send_signal(signal.SIGTERM)
         stdout, _ = proc.communicate(timeout=20)
@@ -245,8 +261,9 @@ def test_foreground_restarts_prefixes_and_stops_on_sigterm(fleet) -> None:
 
 
 def test_foreground_ctrl_c_exits_130(fleet) -> None:
-    proc = subprocess.Popen(fleet.argv("up", "--foreground"), env=fleet.env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        fleet.argv("up", "--foreground"), env=fleet.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for(lambda: answers(fleet.url(0)) and answers(fleet.url(1)), 20, "the fleet")
         proc.send_signal(signal.SIGINT)
@@ -262,10 +279,14 @@ def test_down_never_signals_a_reused_pid(fleet) -> None:
         real = psutil.Process(stranger.pid).create_time()
         record = {"pid": stranger.pid, "create_time": real - 1000}  # the same pid, another process
         fleet.state.mkdir(parents=True)
-        (fleet.state / "supervisor.json").write_text(json.dumps({
-            "supervisor": record,
-            "instances": {"gpu0": {"name": "gpu0", "port": fleet.base_port, "spec": "x", **record}},
-        }))
+        (fleet.state / "supervisor.json").write_text(
+            json.dumps(
+                {
+                    "supervisor": record,
+                    "instances": {"gpu0": {"name": "gpu0", "port": fleet.base_port, "spec": "x", **record}},
+                }
+            )
+        )
         result = fleet.run("down", "--timeout", "1")
         assert result.returncode == 0, result.stderr
         assert "stopped 0 instance(s)" in result.stdout

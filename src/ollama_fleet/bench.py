@@ -11,8 +11,9 @@ import json
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 Api = Literal["generate", "chat", "openai"]
 PATHS: dict[str, str] = {"generate": "/api/generate", "chat": "/api/chat", "openai": "/v1/chat/completions"}
@@ -126,7 +127,9 @@ def _piece(api: Api, line: str) -> Piece:
             error = data["error"]
             return Piece(error=str(error.get("message", error) if isinstance(error, dict) else error))
         delta = ((data.get("choices") or [{}])[0]).get("delta") or {}
-        return Piece(text=delta.get("content") or "", thinking=delta.get("reasoning") or delta.get("reasoning_content") or "")
+        return Piece(
+            text=delta.get("content") or "", thinking=delta.get("reasoning") or delta.get("reasoning_content") or ""
+        )
     data = json.loads(line)
     if "error" in data:
         return Piece(error=str(data["error"]))
@@ -192,8 +195,15 @@ async def _one(client: Any, url: str, api: Api, model: str, prompt: str, num_pre
 
 
 async def _run(
-    urls: list[str], model: str | list[str], concurrency: int, requests: int | None, duration: float | None,
-    prompts: list[str], api: Api, num_predict: int | list[int] | None, headers: dict[str, str],
+    urls: list[str],
+    model: str | list[str],
+    concurrency: int,
+    requests: int | None,
+    duration: float | None,
+    prompts: list[str],
+    api: Api,
+    num_predict: int | list[int] | None,
+    headers: dict[str, str],
     progress: Callable[[int], None] | None,
 ) -> BenchResult:
     import httpx
@@ -230,9 +240,17 @@ async def _run(
 
 
 def run_load(
-    urls: list[str], model: str | list[str], *, concurrency: int, requests: int | None = None, duration: float | None = None,
-    prompt: str = "hi", prompts: list[str] | None = None, api: Api = "generate",
-    num_predict: int | list[int] | None = None, headers: dict[str, str] | None = None,
+    urls: list[str],
+    model: str | list[str],
+    *,
+    concurrency: int,
+    requests: int | None = None,
+    duration: float | None = None,
+    prompt: str = "hi",
+    prompts: list[str] | None = None,
+    api: Api = "generate",
+    num_predict: int | list[int] | None = None,
+    headers: dict[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> BenchResult:
     """Send streamed requests, `concurrency` at a time, over `urls`: `requests` of them, or as
@@ -240,9 +258,20 @@ def run_load(
     the n-th of each."""
     if (requests is None) == (duration is None):
         raise ValueError("give requests or duration")
-    return asyncio.run(_run(
-        urls, model, concurrency, requests, duration, prompts or [prompt], api, num_predict, headers or {}, progress,
-    ))
+    return asyncio.run(
+        _run(
+            urls,
+            model,
+            concurrency,
+            requests,
+            duration,
+            prompts or [prompt],
+            api,
+            num_predict,
+            headers or {},
+            progress,
+        )
+    )
 
 
 def check_target(url: str, model: str, headers: dict[str, str], timeout: float = 10.0) -> str | None:
@@ -250,7 +279,9 @@ def check_target(url: str, model: str, headers: dict[str, str], timeout: float =
     import httpx
 
     try:
-        response = httpx.post(url + "/api/show", json={"model": model}, headers=headers, timeout=timeout, trust_env=False)
+        response = httpx.post(
+            url + "/api/show", json={"model": model}, headers=headers, timeout=timeout, trust_env=False
+        )
     except httpx.HTTPError as exc:
         return f"url: {url} does not answer ({_describe(exc)})"
     if response.status_code == 404:

@@ -6,8 +6,9 @@ import ipaddress
 import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -160,6 +161,8 @@ def checked_path(value: str, field: str) -> Path:
         return _safe_path(Path(value))
     except ValueError as exc:
         raise BadInput(f"{field}: {exc} (got {value[:60]!r})") from None
+
+
 Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
 Model = Annotated[str, AfterValidator(_model)]
 
@@ -215,12 +218,15 @@ class FleetConfig(BaseModel):
         None, description="user the instances run as when started by root (default: owner of the models dir)"
     )
     state_dir: SafePath | None = Field(
-        None, description="state, logs and gateway files (default /var/lib/ollama-fleet as root, else $XDG_STATE_HOME/ollama-fleet)"
+        None,
+        description="state, logs and gateway files (default /var/lib/ollama-fleet as root, else $XDG_STATE_HOME/ollama-fleet)",
     )
     wait_timeout: float = Field(60, gt=0, le=3600, description="seconds `up` waits for each instance to answer")
     preload: tuple[Model, ...] = Field((), description="models to load on every instance after start (repeatable)")
     env: dict[str, str] = Field({}, description="extra environment for every instance, `KEY=VALUE` (repeatable)")
-    gateway: bool = Field(True, description="start the gateway with `up`, install it with `install-systemd` (`--no-gateway` skips it)")
+    gateway: bool = Field(
+        True, description="start the gateway with `up`, install it with `install-systemd` (`--no-gateway` skips it)"
+    )
     engine: Literal["nginx", "haproxy"] = Field(
         "nginx", description="gateway engine: nginx, or haproxy (queues requests at the gateway, active health checks)"
     )
@@ -446,7 +452,5 @@ def reference_table() -> str:
             default = str(default).lower()
         default = "see meaning" if default is None else f"`{default}`"
         flag = "--no-gateway" if name == "gateway" else "--" + name.replace("_", "-")
-        rows.append(
-            f"| `{name}` | `{flag}` | `{ENV_PREFIX}{name.upper()}` | {default} | {field.description} |"
-        )
+        rows.append(f"| `{name}` | `{flag}` | `{ENV_PREFIX}{name.upper()}` | {default} | {field.description} |")
     return "\n".join(rows) + "\n"

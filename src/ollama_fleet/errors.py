@@ -35,3 +35,11 @@ class Missing(UserError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, exit_code=EXIT_MISSING)
+
+
+class Interrupted(FleetError):
+    """SIGINT or SIGTERM stopped an attached command: exit 128 + the signal, nothing said."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__("")
+        self.exit_code = 128 + signum

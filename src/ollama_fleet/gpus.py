@@ -86,12 +86,15 @@ def discover() -> list[Gpu]:
             else:
                 util = _optional(nvml.nvmlDeviceGetUtilizationRates, handle)
                 milliwatts = _optional(nvml.nvmlDeviceGetPowerUsage, handle)
-                found.append(Gpu(
-                    **common, **_facts(nvml, handle),
-                    utilization=util.gpu if util else None,
-                    temperature=_optional(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU),
-                    power=milliwatts / 1000 if milliwatts is not None else None,
-                ))
+                found.append(
+                    Gpu(
+                        **common,
+                        **_facts(nvml, handle),
+                        utilization=util.gpu if util else None,
+                        temperature=_optional(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU),
+                        power=milliwatts / 1000 if milliwatts is not None else None,
+                    )
+                )
         return found
     except nvml.NVMLError as exc:
         raise NvmlUnavailable(f"NVML query failed: {exc}") from None

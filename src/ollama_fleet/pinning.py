@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from pydantic import BaseModel
 
@@ -53,8 +53,11 @@ def device(line: str) -> Device | None:
         return None
     fields = _fields(line)
     return Device(
-        id=fields.get("id", ""), library=fields.get("library", ""), filter_id=fields.get("filter_id", ""),
-        pci_id=fields.get("pci_id", ""), description=fields.get("description", ""),
+        id=fields.get("id", ""),
+        library=fields.get("library", ""),
+        filter_id=fields.get("filter_id", ""),
+        pci_id=fields.get("pci_id", ""),
+        description=fields.get("description", ""),
     )
 
 
@@ -74,6 +77,7 @@ def devices(lines: Iterable[str]) -> list[Device] | None:
 def same_pci(a: str | None, b: str | None) -> bool:
     """NVML writes `00000000:10:00.0`, CUDA `0000:10:00.0`: compare domain, bus, device and
     function as numbers."""
+
     def parts(text: str) -> tuple[int, ...] | None:
         match = re.fullmatch(r"([0-9a-fA-F]+):([0-9a-fA-F]+):([0-9a-fA-F]+)\.([0-9a-fA-F]+)", text.strip())
         return tuple(int(p, 16) for p in match.groups()) if match else None
@@ -89,9 +93,12 @@ def problem(gpus: tuple[GpuRef, ...], found: list[Device]) -> str | None:
         return "runs on the CPU: Ollama found no usable GPU (is the NVIDIA driver loaded, and does the pin name a GPU?)"
     foreign = [d for d in found if d.library != "CUDA"]
     if foreign:
-        return (f"sees {', '.join(d.label for d in foreign)} beyond its pin: a non-CUDA backend ignores "
-                "CUDA_VISIBLE_DEVICES (set OLLAMA_VULKAN=0, as the fleet does)")
+        return (
+            f"sees {', '.join(d.label for d in foreign)} beyond its pin: a non-CUDA backend ignores "
+            "CUDA_VISIBLE_DEVICES (set OLLAMA_VULKAN=0, as the fleet does)"
+        )
     if all(g.uuid for g in gpus):
+
         def own(d: Device) -> bool:
             return any(d.filter_id == g.uuid or same_pci(d.pci_id, g.pci_bus_id) for g in gpus)
 
@@ -115,5 +122,7 @@ def check(instances: Iterable[Instance], found: dict[str, list[Device] | None]) 
         if seen is None:
             unverified.append(inst.name)
         elif (why := problem(inst.gpus, seen)) is not None:
-            wrong[inst.name] = f"{inst.name} {why} (pinned to CUDA_VISIBLE_DEVICES={inst.env.get('CUDA_VISIBLE_DEVICES')})"
+            wrong[inst.name] = (
+                f"{inst.name} {why} (pinned to CUDA_VISIBLE_DEVICES={inst.env.get('CUDA_VISIBLE_DEVICES')})"
+            )
     return wrong, unverified

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import os
 import pwd
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from ollama_fleet.config import FleetConfig, Placement
-from ollama_fleet.names import canonical
 from ollama_fleet.errors import BadInput
 from ollama_fleet.gpus import Discovery, Gpu
+from ollama_fleet.names import canonical
 
 OFFICIAL_MODELS_DIR = Path("/usr/share/ollama/.ollama/models")  # the official installer's `ollama` user
 LOOPBACK = "127.0.0.1"
@@ -102,9 +103,24 @@ def inspect_models_dir(config: FleetConfig, home: Path | None = None) -> ModelsD
 # change the instances `up` starts but not the same fleet under systemd (whose units get
 # only the env file). Anything else goes through [env] / --env, on purpose.
 PASSED_ENV = (
-    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
-    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy",
-    "SSL_CERT_FILE", "SSL_CERT_DIR",
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
 )
 
 
@@ -117,7 +133,8 @@ def ignored_env(environ: Mapping[str, str]) -> list[str]:
     """The caller's variables that look meant for Ollama but never reach an instance:
     OLLAMA_* (the fleet's own OLLAMA_FLEET_* aside) and *_VISIBLE_DEVICES."""
     return sorted(
-        k for k in environ
+        k
+        for k in environ
         if (k.startswith("OLLAMA_") and not k.startswith("OLLAMA_FLEET_")) or k.endswith("_VISIBLE_DEVICES")
     )
 
@@ -141,14 +158,10 @@ def plan(config: FleetConfig, discovery: Discovery, models_dir: ModelsDir) -> Pl
         raise BadInput("gpus_per_instance: a MIG slice cannot be grouped; CUDA gives a process one slice")
     groups = [gpus[i : i + size] for i in range(0, len(gpus) - size + 1, size)]
     if not groups:
-        raise BadInput(
-            f"gpus_per_instance: {size} GPUs per instance, but only {len(gpus)} GPU(s) selected"
-        )
+        raise BadInput(f"gpus_per_instance: {size} GPUs per instance, but only {len(gpus)} GPU(s) selected")
     last_port = config.base_port + len(groups) - 1
     if last_port > 65535:
-        raise BadInput(
-            f"base_port: {config.base_port} + {len(groups)} instances runs past port 65535 (to {last_port})"
-        )
+        raise BadInput(f"base_port: {config.base_port} + {len(groups)} instances runs past port 65535 (to {last_port})")
     assert config.state_dir is not None, "load_config() fills state_dir"
     instances = []
     for k, group in enumerate(groups):

@@ -57,7 +57,7 @@ def versions(addresses: list[str], timeout: float = 1.0) -> dict[str, str | None
     async def run() -> dict[str, str | None]:
         async with _client(timeout) as client:
             found = await asyncio.gather(*(_version(client, a) for a in addresses))
-        return dict(zip(addresses, found))
+        return dict(zip(addresses, found, strict=True))
 
     return asyncio.run(run()) if addresses else {}
 
@@ -98,7 +98,7 @@ def preload(addresses: dict[str, str], jobs: list[tuple[str, str, str]], timeout
         todo = [(n, m, k) for n, m, k in jobs if n in addresses]
         async with _client(timeout) as client:
             errors = await asyncio.gather(*(_preload(client, addresses[n], m, k) for n, m, k in todo))
-        return [f"preload of {m} on {n} failed: {e}" for (n, m, _), e in zip(todo, errors) if e]
+        return [f"preload of {m} on {n} failed: {e}" for (n, m, _), e in zip(todo, errors, strict=True) if e]
 
     return asyncio.run(run()) if jobs and addresses else []
 
@@ -129,7 +129,6 @@ class Facts(BaseModel):
 
 
 async def _facts(client: httpx.AsyncClient, address: str) -> Facts:
-    import httpx
 
     async def timed_version() -> tuple[httpx.Response, float]:
         start = time.perf_counter()
@@ -167,7 +166,7 @@ async def _answers(client: httpx.AsyncClient, url: str) -> str | None:
     try:
         await client.get(url + "/")
         return None
-    except Exception as exc:  # noqa: BLE001 - every failure means "down"; say which
+    except Exception as exc:
         return _describe(exc)
 
 
@@ -192,4 +191,4 @@ def gather_facts(addresses: list[str], gateway_url: str | None, timeout: float) 
         return facts, gateway_error
 
     facts, gateway_error = asyncio.run(run())
-    return dict(zip(addresses, facts)), gateway_error
+    return dict(zip(addresses, facts, strict=True)), gateway_error

@@ -15,8 +15,8 @@ from typing import Any, Literal
 import psutil
 from pydantic import BaseModel, ValidationError
 
-from ollama_fleet.errors import UserError
 from ollama_fleet.config import Placement
+from ollama_fleet.errors import UserError
 from ollama_fleet.pinning import Device
 from ollama_fleet.plan import Instance
 
@@ -77,8 +77,21 @@ class Desired(BaseModel):
     # releases them one at a time, each drained first).
     hold: tuple[str, ...] = ()
 
-    def spec(self, instance: Instance) -> str:
-        """Everything that, when it changes, means the instance must be restarted."""
+    # The rolling-restart protocol, in one place: a restart is a new generation of an
+    # instance (a changed fingerprint, which the supervisor restarts); `up --rolling` holds
+    # changed instances on their old plan and releases them one at a time, each drained first.
+    def restarted(self, names: list[str]) -> Desired:
+        bumped = {n: self.generations.get(n, 0) + 1 for n in names}
+        return self.model_copy(update={"generations": {**self.generations, **bumped}})
+
+    def holding(self, names: tuple[str, ...]) -> Desired:
+        return self.model_copy(update={"hold": names})
+
+    def released(self, names: list[str]) -> Desired:
+        return self.model_copy(update={"hold": tuple(n for n in self.hold if n not in names)})
+
+    def fingerprint(self, instance: Instance) -> str:
+        """A hash of everything that, when it changes, means the instance must be restarted."""
         parts: list[Any] = [instance.model_dump(mode="json"), self.ollama_bin, self.user]
         if self.generations.get(instance.name):
             parts.append(self.generations[instance.name])
@@ -89,7 +102,7 @@ class Desired(BaseModel):
 class InstanceState(BaseModel):
     name: str
     port: int
-    spec: str
+    spec: str  # the fingerprint of the plan it runs (Desired.fingerprint)
     pid: int | None = None
     create_time: float | None = None
     started_at: float | None = None  # wall clock, for uptime
@@ -121,7 +134,9 @@ def _read(path: Path, model: type[BaseModel]) -> Any:
     except FileNotFoundError:
         return None
     except (OSError, ValidationError) as exc:
-        raise UserError(f"state file {path} is unreadable ({exc.__class__.__name__}); remove it to start afresh")
+        raise UserError(
+            f"state file {path} is unreadable ({exc.__class__.__name__}); remove it to start afresh"
+        ) from None
 
 
 def read_desired(state_dir: Path) -> Desired | None:

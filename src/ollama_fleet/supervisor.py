@@ -7,34 +7,28 @@ supervisor.json and the parent of every instance, so it can reap and restart the
 
 from __future__ import annotations
 
-import errno
 import logging
 import logging.handlers
 import os
 import pwd
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import traceback
-from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
-import psutil
-
-from ollama_fleet import pinning, probe
-from ollama_fleet.errors import Missing, UserError
+from ollama_fleet import pinning
+from ollama_fleet.accounts import groups_of
 from ollama_fleet.pinning import Device
-from ollama_fleet.plan import Instance, Plan, caller_env
+from ollama_fleet.plan import Instance, caller_env
+from ollama_fleet.processes import stop_processes
 from ollama_fleet.state import (
     ACTUAL,
     DESIRED,
-    GATEWAY,
     SUPERVISOR_LOG,
     Actual,
     Desired,
@@ -42,7 +36,6 @@ from ollama_fleet.state import (
     ProcessRecord,
     read_actual,
     read_desired,
-    read_gateway,
     write_model,
 )
 
@@ -57,145 +50,10 @@ TICK = 0.1
 Echo = Callable[[str, str], None]  # (instance name, line)
 
 
-# ------------------------------------------------------------------ processes
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    """Signal the process group a process leads (an instance and its runners), else the process."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:  # an attached `up --foreground` shares its shell's group: signal it alone
-            os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # already gone (ESRCH), or no longer ours (EPERM)
-
-
-def stop_processes(records: Iterable[ProcessRecord], timeout: float) -> int:
-    """SIGTERM each recorded process group, SIGKILL what is left after `timeout`.
-
-    A record whose pid now names another process (create time differs) is never signalled.
-    Returns how many live processes it found.
-    """
-    procs = [proc for record in records if (proc := record.process()) is not None]
-    for proc in procs:
-        _signal_group(proc.pid, signal.SIGTERM)
-    alive = _wait_gone(procs, timeout)
-    for proc in alive:
-        _signal_group(proc.pid, signal.SIGKILL)
-    _wait_gone(alive, 5)
-    return len(procs)
-
-
-def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Wait until each process has exited; return those still running.
-
-    A zombie counts as gone: once its parent (the supervisor) is gone too, only pid 1 reaps
-    it, and in many containers pid 1 never does, which would make psutil.wait_procs wait out
-    the whole timeout.
-    """
-    deadline = time.monotonic() + timeout
-    alive = list(procs)
-    while alive:
-        alive = [proc for proc in alive if is_alive(proc)]
-        if not alive or time.monotonic() >= deadline:
-            break
-        time.sleep(0.02)
-    return alive
-
-
-def is_alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def port_holder(port: int, host: str = "127.0.0.1") -> str | None:
-    """Who listens on the port ("pid 123 (ollama)"), "another process" if psutil cannot tell,
-    or None when the port is free."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Go listens: TIME_WAIT is free
-        try:
-            sock.bind((host, port))
-            return None
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                return f"unusable ({exc.strerror})"
-    proc = listener(port)
-    try:
-        return f"pid {proc.pid} ({proc.name()})" if proc else "another process"
-    except psutil.Error:
-        return "another process"
-
-
-def listener(port: int) -> psutil.Process | None:
-    """The process listening on this TCP port, if psutil can tell (how `port_holder` names a
-    stranger, and how `status` finds a systemd-managed instance)."""
-    try:
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
-                return psutil.Process(conn.pid)
-    except psutil.Error:
-        pass
-    return None
-
-
-def foreign_ollama(ours: set[int]) -> list[str]:
-    """Every `ollama serve` this fleet did not start (a stock ollama.service, a hand-started
-    one), as "pid 123 (user ollama, 127.0.0.1:11434)": it may hold GPU memory the fleet's
-    instances need (DESIGN.md §4)."""
-    found = []
-    for proc in psutil.process_iter(["pid", "name", "cmdline", "username"]):
-        try:
-            cmdline = proc.info["cmdline"] or []
-            # The binary itself, or a script named ollama run by its interpreter.
-            named = proc.info["name"] == "ollama" or any(Path(arg).name == "ollama" for arg in cmdline[:2])
-            if not named or "serve" not in cmdline[1:] or proc.pid in ours or _fleet_unit(proc.pid):
-                continue
-            ports = [f"{c.laddr.ip}:{c.laddr.port}" for c in proc.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
-        except psutil.Error:
-            continue
-        where = ", ".join(ports) or "not listening"
-        found.append(f"pid {proc.pid} (user {proc.info['username']}, {where})")
-    return found
-
-
-def _fleet_unit(pid: int) -> bool:
-    """Does the process run in one of the fleet's own systemd units (ollama-fleet@gpu0.service)?"""
-    try:
-        return "/ollama-fleet@" in Path(f"/proc/{pid}/cgroup").read_text()
-    except OSError:
-        return False
-
-
-def with_log_tail(message: str, path: Path, lines: int = 10) -> str:
-    """The message, then (indented) the last lines of the log that explains it."""
-    try:
-        with path.open(errors="replace") as fh:
-            tail = [line.rstrip("\n") for line in deque(fh, maxlen=lines)]
-    except OSError:
-        tail = []
-    if not tail:
-        return message
-    return f"{message}; last lines of {path}:\n" + "\n".join("    " + line for line in tail)
-
-
-def resolve_binary(name: Path) -> str:
-    found = shutil.which(str(name))
-    if found is None:
-        raise Missing(f"ollama_bin: {name} not found (install Ollama, or pass --ollama-bin PATH)")
-    return str(Path(found).absolute())
-
-
-# ------------------------------------------------------------------ supervisor
-
-
 @dataclass
 class Child:
     instance: Instance
-    spec: str
+    fingerprint: str  # of the plan it runs (Desired.fingerprint)
     popen: subprocess.Popen | None = None
     started: float = 0.0  # monotonic
     started_at: float | None = None  # wall clock
@@ -205,6 +63,12 @@ class Child:
     next_start: float | None = 0.0  # monotonic time to (re)start at; None while running
     reader: threading.Thread | None = field(default=None, repr=False)
     devices: list[Device] | None = None  # what this start said it uses (its log), None until it says
+
+
+def _back_off(child: Child, now: float) -> None:
+    """Start it again after its backoff, which doubles (to 30 s) while it keeps failing."""
+    child.next_start = now + child.backoff
+    child.backoff = min(child.backoff * 2, BACKOFF_MAX)
 
 
 class Supervisor:
@@ -283,8 +147,10 @@ class Supervisor:
         self.desired = desired
         wanted = {inst.name: inst for inst in desired.instances}
         stale = [
-            name for name, child in self.children.items()
-            if name not in wanted or (child.spec != desired.spec(wanted[name]) and name not in desired.hold)
+            name
+            for name, child in self.children.items()
+            if name not in wanted
+            or (child.fingerprint != desired.fingerprint(wanted[name]) and name not in desired.hold)
         ]
         stopping = [self.children[name] for name in stale]
         self._stop(stopping, STOP_TIMEOUT)
@@ -294,7 +160,7 @@ class Supervisor:
             del self.children[child.instance.name]
         for name, inst in wanted.items():
             if name not in self.children:
-                self.children[name] = Child(instance=inst, spec=desired.spec(inst))
+                self.children[name] = Child(instance=inst, fingerprint=desired.fingerprint(inst))
         self.write_state()
 
     def _exited(self, child: Child, now: float) -> None:
@@ -304,9 +170,8 @@ class Supervisor:
         child.last_exit = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         if now - child.started >= HEALTHY_RESET:
             child.backoff = BACKOFF_FIRST
-        child.next_start = now + child.backoff
         self._note(child, f"{child.last_exit}; restarting in {child.backoff:.0f}s")
-        child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+        _back_off(child, now)
         if child.reader is not None:
             child.reader.join(timeout=1)
         child.popen = None
@@ -318,7 +183,7 @@ class Supervisor:
         kwargs: dict = {}
         account = self._account()
         if account is not None:  # root drops to the models dir's owner (or --user)
-            kwargs.update(user=account.pw_uid, group=account.pw_gid, extra_groups=_groups(account))
+            kwargs.update(user=account.pw_uid, group=account.pw_gid, extra_groups=groups_of(account))
             env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
         inst.log.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -335,9 +200,8 @@ class Supervisor:
         except OSError as exc:
             child.exits += 1
             child.last_exit = f"could not start: {exc}"
-            child.next_start = time.monotonic() + child.backoff
-            child.backoff = min(child.backoff * 2, BACKOFF_MAX)
             _logger(inst).info("ollama-fleet: %s", child.last_exit)
+            _back_off(child, time.monotonic())
             return
         child.started = time.monotonic()
         child.started_at = time.time()
@@ -380,7 +244,7 @@ class Supervisor:
             actual.instances[name] = InstanceState(
                 name=name,
                 port=child.instance.port,
-                spec=child.spec,
+                spec=child.fingerprint,
                 pid=record.pid if record else None,
                 create_time=record.create_time if record else None,
                 started_at=child.started_at if running else None,
@@ -390,11 +254,6 @@ class Supervisor:
                 devices=child.devices if running else None,
             )
         write_model(self.state_dir / ACTUAL, actual)
-
-
-def _groups(account: pwd.struct_passwd) -> list[int]:
-    # The `video`/`render` groups give access to /dev/nvidia* on some distributions.
-    return os.getgrouplist(account.pw_name, account.pw_gid)
 
 
 _loggers: dict[str, logging.Logger] = {}
@@ -418,70 +277,11 @@ def _logger(inst: Instance) -> logging.Logger:
 # ------------------------------------------------------------------ what `up` and `down` do
 
 
-@dataclass
-class Change:
-    name: str
-    action: str  # "start", "keep", "restart", "stop"
-    why: str = ""
-
-
-def changes(old: Desired | None, actual: Actual | None, new: Desired) -> list[Change]:
-    """What converging to `new` does to each instance, for `up` to say before it acts."""
-    live = {
-        name: st for name, st in (actual.instances.items() if actual else [])
-        if st.record is not None and st.record.process() is not None
-    }
-    previous = {inst.name: inst for inst in (old.instances if old else ())}
-    result = []
-    for inst in new.instances:
-        state = live.get(inst.name)
-        if state is None:
-            result.append(Change(inst.name, "start"))
-        elif state.spec == new.spec(inst):
-            result.append(Change(inst.name, "keep"))
-        else:
-            result.append(Change(inst.name, "restart", _diff(previous.get(inst.name), inst, old, new)))
-    wanted = {inst.name for inst in new.instances}
-    result += [Change(name, "stop", "no longer in the plan") for name in live if name not in wanted]
-    return result
-
-
-def _diff(before: Instance | None, after: Instance, old: Desired | None, new: Desired) -> str:
-    if before is None or old is None:
-        return "plan changed"
-    keys = sorted(k for k in set(before.env) | set(after.env) if before.env.get(k) != after.env.get(k))
-    parts = [f"{k} {before.env.get(k, '(unset)')} → {after.env.get(k, '(unset)')}" for k in keys]
-    if old.ollama_bin != new.ollama_bin:
-        parts.append(f"ollama binary {old.ollama_bin} → {new.ollama_bin}")
-    if old.user != new.user:
-        parts.append(f"user {old.user} → {new.user}")
-    return "plan changed: " + ", ".join(parts) if parts else "plan changed"
-
-
 def live_supervisor(state_dir: Path) -> ProcessRecord | None:
     actual = read_actual(state_dir)
     if actual is not None and actual.supervisor.process() is not None:
         return actual.supervisor
     return None
-
-
-def preflight(plan: Plan, new: Desired, actual: Actual | None) -> None:
-    """Refuse to start what cannot run: a missing models dir (3), a port taken by a stranger (1)."""
-    md = plan.models_dir
-    if not md.exists:
-        raise Missing(f"models_dir: {md.path} does not exist (create it, or pass --models-dir)")
-    if not md.readable:
-        raise Missing(f"models_dir: {md.path} is not readable by this user")
-    ours = {
-        st.port for st in (actual.instances.values() if actual else [])
-        if st.record is not None and st.record.process() is not None
-    }
-    for inst in plan.instances:
-        if inst.port in ours:
-            continue
-        holder = port_holder(inst.port, inst.host)
-        if holder is not None:
-            raise UserError(f"port {inst.port} (for {inst.name}) is taken by {holder}; pass another --base-port")
 
 
 def launch_background(state_dir: Path) -> int:
@@ -521,106 +321,3 @@ def exited(pid: int) -> bool:
         return os.waitpid(pid, os.WNOHANG)[0] == pid
     except ChildProcessError:
         return True
-
-
-DEVICES_GRACE = 3.0  # seconds an answering instance gets to have its device lines read
-
-
-@dataclass
-class Readiness:
-    versions: dict[str, str] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)  # name -> why, with its log tail
-    # name -> the devices it logged; None: it answered but logged none (an Ollama that does
-    # not, or lines not yet read after DEVICES_GRACE): its pinning is unverified.
-    devices: dict[str, list[Device] | None] = field(default_factory=dict)
-
-
-def wait_ready(
-    state_dir: Path,
-    desired: Desired,
-    timeout: float,
-    tick: Callable[[], None],
-    progress: Callable[[int, int], None] = lambda ready, total: None,
-) -> Readiness:
-    """Poll until every instance of `desired` answers `GET /api/version` and its device lines
-    are read (or DEVICES_GRACE passed), exits, or times out.
-
-    `tick` runs the supervisor's loop when it is attached, or checks the background one lives.
-    """
-    result = Readiness()
-    baseline: dict[str, int] = {}
-    answered: dict[str, float] = {}  # name -> when it first answered
-    pending = {inst.name: inst for inst in desired.instances}
-    deadline = time.monotonic() + timeout
-    while pending:
-        tick()
-        actual = read_actual(state_dir)
-        states = actual.instances if actual else {}
-        probing = {}
-        for name, inst in pending.items():
-            st = states.get(name)
-            if st is None or st.spec != desired.spec(inst):
-                continue  # the supervisor has not taken this plan yet
-            baseline.setdefault(name, st.exits)
-            if st.exits > baseline[name]:
-                result.failed[name] = with_log_tail(f"{name} exited during start-up ({st.last_exit})", inst.log)
-            elif name in answered:
-                # Ollama logs its devices before it serves; the supervisor reads them a
-                # moment later. An Ollama that never logs them is let go after the grace.
-                if st.devices is not None or time.monotonic() - answered[name] > DEVICES_GRACE:
-                    result.devices[name] = st.devices
-            elif st.pid is not None:
-                probing[name] = inst.address
-        for name in [*result.failed, *result.devices]:
-            pending.pop(name, None)
-        for name in result.failed:
-            result.versions.pop(name, None)
-        for address_name, version in zip(probing, probe.versions(list(probing.values()), timeout=1.0).values()):
-            if version is not None:
-                result.versions[address_name] = version
-                answered[address_name] = time.monotonic()
-        progress(len(result.devices), len(desired.instances))
-        if pending and time.monotonic() > deadline:
-            for name, inst in pending.items():
-                if name in answered:
-                    result.devices[name] = None
-                else:
-                    result.failed[name] = with_log_tail(
-                        f"{name} did not answer GET /api/version within {timeout:g}s", inst.log
-                    )
-            break
-        if pending:
-            time.sleep(0.05)
-    return result
-
-
-def stop_fleet(state_dir: Path, timeout: float) -> tuple[int, bool] | None:
-    """`down`: the gateway, the supervisor (so it restarts nothing), every instance group.
-
-    Returns how many instances were stopped and whether a gateway was, or None when there
-    was nothing to stop.
-    """
-    actual = read_actual(state_dir)
-    desired_path = state_dir / DESIRED
-    gateway = read_gateway(state_dir)
-    if actual is None and gateway is None and not desired_path.exists():
-        return None
-    # SIGTERM to nginx's master: its fast shutdown.
-    gateway_stopped = bool(gateway and gateway.process and stop_processes([gateway.process], timeout))
-    (state_dir / GATEWAY).unlink(missing_ok=True)
-    stopped = 0
-    if actual is not None:
-        instances = [st.record for st in actual.instances.values() if st.record is not None]
-        live = [r for r in instances if r.process() is not None]
-        stop_processes([actual.supervisor, *live], timeout)
-        stopped = len(live)
-        # The supervisor may have restarted one between our read and its exit.
-        again = read_actual(state_dir)
-        if again is not None:
-            stopped += stop_processes(
-                [st.record for st in again.instances.values() if st.record is not None and st.record not in live],
-                timeout,
-            )
-    for path in (state_dir / ACTUAL, desired_path):
-        path.unlink(missing_ok=True)
-    return stopped, gateway_stopped

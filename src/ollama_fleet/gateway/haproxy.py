@@ -12,22 +12,39 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from ollama_fleet.errors import BadInput, UserError
-from ollama_fleet.gateway import REDACTED, GatewaySpec, GatewayStats, ServerStats, require_tool, run_tool
-from ollama_fleet.render import render
+from ollama_fleet.gateway import GatewayStats, InstallLayout, ServerStats
+from ollama_fleet.gateway.spec import REDACTED, GatewaySpec, secret_mode
+from ollama_fleet.processes import require_tool, run_tool
+from ollama_fleet.render import RenderedFile, render
 from ollama_fleet.state import read_gateway
+from ollama_fleet.waiting import wait_until
 
 PID_FILE = "haproxy.pid"
+# Under systemd: its own config and unit, not the distribution's haproxy.service (whose
+# default config has 50 s timeouts that would cut long generations).
+INSTALLED_CONFIG = Path("/etc/ollama-fleet/haproxy.cfg")
+UNIT = "ollama-fleet-gateway.service"
+UNIT_FILE = Path("/etc/systemd/system") / UNIT
+RUN_DIR = Path("/run/ollama-fleet")  # the unit's RuntimeDirectory=: pid file, admin socket
 SOCKET = "admin.sock"
 SOCKET_MAX = 100  # sun_path holds 108 bytes; leave room
 BACKEND = "ollama_fleet"
 # The requests whose JSON body names a model: the ones placement routes.
 # (ollama/ollama server/routes.go GenerateRoutes; /api/show is metadata and goes elsewhere.)
-MODEL_PATHS = ("/api/generate", "/api/chat", "/api/embed", "/api/embeddings",
-               "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages")
+MODEL_PATHS = (
+    "/api/generate",
+    "/api/chat",
+    "/api/embed",
+    "/api/embeddings",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+)
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 
 
@@ -43,6 +60,26 @@ def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
 
 class Haproxy:
     name = "haproxy"
+    check_command = "haproxy -c"
+    drains_installed = True  # its runtime API, in RUN_DIR
+
+    def ports(self, spec: GatewaySpec) -> dict[str, tuple[str, int]]:
+        return {"listen": (spec.listen.host, spec.listen.port), "metrics_port": ("127.0.0.1", spec.metrics_port)}
+
+    def install_layout(self, spec: GatewaySpec) -> InstallLayout:
+        content = self.render(spec, standalone=True, prefix=RUN_DIR, user=_installed_worker())
+        self.check(content, standalone=True)
+        unit = render(
+            "haproxy/ollama-fleet-gateway.service.j2", haproxy=require_tool("haproxy"), config=INSTALLED_CONFIG
+        )
+        return InstallLayout(
+            files=(RenderedFile(INSTALLED_CONFIG, content, secret_mode(spec)), RenderedFile(UNIT_FILE, unit)),
+            unit=UNIT,
+            owned=True,
+            # try-: a gateway this install is about to start is started by `enable --now` instead.
+            reloads={str(INSTALLED_CONFIG): ("try-reload-or-restart", UNIT), str(UNIT_FILE): ("try-restart", UNIT)},
+            runtime_dir=RUN_DIR,
+        )
 
     def render(
         self,
@@ -133,7 +170,9 @@ class Haproxy:
         except UserError:
             return None
         servers = {
-            row["svname"]: ServerStats(state=row["status"], queued=int(row["qcur"] or 0), in_flight=int(row["scur"] or 0))
+            row["svname"]: ServerStats(
+                state=row["status"], queued=int(row["qcur"] or 0), in_flight=int(row["scur"] or 0)
+            )
             for row in rows
             if row["svname"] not in ("FRONTEND", "BACKEND")
         }
@@ -142,28 +181,22 @@ class Haproxy:
         queued = sum(int(row["qcur"] or 0) for row in rows if row["svname"] == "BACKEND")
         return GatewayStats(queued=queued, servers=servers)
 
-
     def drain(self, state_dir: Path, name: str, timeout: float) -> int:
         """`set server <backend>/<name> state drain` in every backend that has it: no new
         request, the ones it serves go on. Wait until none is left (in flight or queued)."""
         sock = _socket(state_dir)
         for backend in _rows_of(sock, name):
             _set(sock, f"set server {backend}/{name} state drain")
-        deadline = time.monotonic() + timeout
-        while (busy := _busy(sock, name)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return busy
+        wait_until(lambda: not _busy(sock, name), timeout)
+        return _busy(sock, name)
 
     def undrain(self, state_dir: Path, name: str, timeout: float) -> None:
         """Back to `ready`; wait until its health check has it UP in every backend."""
         sock = _socket(state_dir)
         for backend in _rows_of(sock, name):
             _set(sock, f"set server {backend}/{name} state ready")
-        deadline = time.monotonic() + timeout
-        while any(status != "UP" for status in _rows_of(sock, name).values()):
-            if time.monotonic() > deadline:
-                raise UserError(f"{name} is not UP at the gateway {timeout:g}s after its restart")
-            time.sleep(0.05)
+        if not wait_until(lambda: all(status == "UP" for status in _rows_of(sock, name).values()), timeout):
+            raise UserError(f"{name} is not UP at the gateway {timeout:g}s after its restart")
 
 
 def _socket(state_dir: Path) -> Path:
@@ -220,3 +253,18 @@ def runtime_command(sock: Path, command: str, timeout: float = 2.0) -> str | Non
         return b"".join(chunks).decode(errors="replace")
     except OSError:
         return None
+
+
+def _installed_worker() -> tuple[str, str]:
+    """Who the installed gateway's workers run as: the `haproxy` user the distribution's
+    package creates, else nobody."""
+    import grp
+    import pwd
+
+    for name in ("haproxy", "nobody"):
+        try:
+            account = pwd.getpwnam(name)
+            return account.pw_name, grp.getgrgid(account.pw_gid).gr_name
+        except KeyError:
+            continue
+    return "nobody", "nogroup"

@@ -6,16 +6,21 @@ from __future__ import annotations
 import re
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from ollama_fleet.errors import BadInput, UserError
-from ollama_fleet.gateway import REDACTED, GatewaySpec, GatewayStats, redrain, require_tool, run_tool
-from ollama_fleet.render import render
+from ollama_fleet.gateway import GatewayStats, InstallLayout
+from ollama_fleet.gateway.lifecycle import redrain
+from ollama_fleet.gateway.spec import REDACTED, GatewaySpec, secret_mode
+from ollama_fleet.processes import is_alive, require_tool, run_tool
+from ollama_fleet.render import RenderedFile, render
 from ollama_fleet.state import GatewayState, read_gateway
-from ollama_fleet.supervisor import is_alive
+from ollama_fleet.waiting import wait_until
 
 PID_FILE = "nginx.pid"
+# Under systemd the gateway is a snippet in the distribution's nginx, which serves it.
+SNIPPET = Path("/etc/nginx/conf.d/ollama-fleet.conf")
+UNIT = "nginx.service"
 
 
 def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
@@ -25,6 +30,17 @@ def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
 
 class Nginx:
     name = "nginx"
+    check_command = "nginx -t"
+    drains_installed = False  # the system's nginx serves others too: `restart --rolling` leaves it alone
+
+    def ports(self, spec: GatewaySpec) -> dict[str, tuple[str, int]]:
+        return {"listen": (spec.listen.host, spec.listen.port)}
+
+    def install_layout(self, spec: GatewaySpec) -> InstallLayout:
+        """A snippet in the distribution's conf.d, checked with nginx -t first."""
+        content = self.render(spec, standalone=False, prefix=SNIPPET.parent, user=None)
+        self.check(content, standalone=False)
+        return InstallLayout(files=(RenderedFile(SNIPPET, content, secret_mode(spec)),), unit=UNIT, owned=False)
 
     def render(
         self,
@@ -119,10 +135,8 @@ class Nginx:
         master = state.process.process() if state.process else None
         old = master.children() if master else []
         redrain(self, state_dir, state, tuple(dict.fromkeys([*_spec(state).drained, name])))
-        deadline = time.monotonic() + timeout
-        while (busy := [w for w in old if is_alive(w)]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return len(busy)
+        wait_until(lambda: not any(is_alive(w) for w in old), timeout)
+        return sum(is_alive(w) for w in old)
 
     def undrain(self, state_dir: Path, name: str, timeout: float) -> None:
         state = _running_state(state_dir)

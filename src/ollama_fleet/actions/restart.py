@@ -1,0 +1,73 @@
+"""`restart`: restart instances, or roll through them without cutting a stream.
+
+A rolling restart takes one instance at a time: the gateway stops sending it new requests
+(drain), the requests it serves finish (bounded by a timeout that is reported, never
+silently exceeded), it restarts, answers, gets its models back, and the gateway sends it
+requests again. Ollama closes every connection at once on SIGTERM (DESIGN.md §5), so
+without the drain every stream on it would be cut.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ollama_fleet.actions import Progress
+from ollama_fleet.errors import BadInput, UserError
+from ollama_fleet.fleet import Fleet
+
+
+@dataclass
+class Outcome:
+    restarted: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _chosen(names: list[str], known: list[str]) -> list[str]:
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise BadInput([f"instance: no instance {n!r} in this fleet (instances: {', '.join(known)})" for n in unknown])
+    return names or known
+
+
+def restart(
+    fleet: Fleet, names: list[str], *, rolling: bool, drain_timeout: float, wait_timeout: float, progress: Progress
+) -> Outcome:
+    """Restart `names` (all when empty); with `rolling`, one at a time, drained first."""
+    say = progress.say
+    chosen = _chosen(names, fleet.names)
+    outcome = Outcome()
+    if not rolling:
+        say(f"restarting {', '.join(chosen)}")
+        outcome.problems += fleet.restart(chosen, wait_timeout)
+        for name in chosen:
+            outcome.problems += fleet.preload(name, max(wait_timeout, 300))
+        outcome.restarted = [n for n in chosen if not any(p.startswith(n + " ") for p in outcome.problems)]
+        return outcome
+    if fleet.engine is None:
+        raise UserError(
+            "restart --rolling drains each instance through the gateway, and this fleet runs none "
+            "(or, installed with systemd, uses the system's nginx): restart without --rolling, or use --engine haproxy"
+        )
+    if len(fleet.names) == 1:
+        progress.warn("one instance only: while it restarts, new requests have nowhere to go")
+    for name in chosen:
+        started = time.monotonic()
+        say(f"{name}: draining")
+        left = fleet.engine.drain(fleet.drain_home, name, drain_timeout)
+        if left:
+            # Said, not hidden: these streams are cut by the restart.
+            outcome.problems.append(
+                f"{name}: {left} request(s) still in flight after {drain_timeout:g}s; restarted anyway"
+            )
+        say(f"{name}: drained in {time.monotonic() - started:.1f}s; restarting")
+        failed = fleet.restart([name], wait_timeout)
+        if failed:
+            outcome.problems += failed
+            say(f"{name}: did not come back; stopping the roll here (it stays drained)")
+            break
+        outcome.problems += fleet.preload(name, max(wait_timeout, 300))
+        fleet.engine.undrain(fleet.drain_home, name, wait_timeout)
+        outcome.restarted.append(name)
+        say(f"{name}: back in the gateway after {time.monotonic() - started:.1f}s")
+    return outcome

@@ -1,0 +1,292 @@
+"""`up`: converge to the plan. Start missing instances, keep matching healthy ones, restart
+changed ones (or roll them, drained first), stop unplanned ones; wait until each answers on
+its own GPUs; preload; start or reload the gateway. The supervisor (supervisor.py) runs
+detached, or attached for `--foreground`, where the CLI runs it after this returns."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ollama_fleet import pinning, probe
+from ollama_fleet.accounts import run_as, worker_user
+from ollama_fleet.actions import Progress
+from ollama_fleet.changes import Change, changes
+from ollama_fleet.config import RESERVED_ENV, FleetConfig
+from ollama_fleet.errors import FleetError, Interrupted, Missing, UserError
+from ollama_fleet.gateway import Engine, engine_named
+from ollama_fleet.gateway.lifecycle import converge
+from ollama_fleet.gateway.lifecycle import preflight as gateway_preflight
+from ollama_fleet.gateway.spec import GatewaySpec, exposure_warning, spec_from
+from ollama_fleet.gpus import resolve
+from ollama_fleet.plan import Plan, ignored_env, inspect_models_dir, loads, plan
+from ollama_fleet.processes import find_tool, foreign_ollama, port_holder, resolve_binary, with_log_tail
+from ollama_fleet.readiness import Readiness, wait_ready
+from ollama_fleet.state import (
+    DESIRED,
+    GATEWAY,
+    SUPERVISOR_LOG,
+    Actual,
+    Desired,
+    GatewayState,
+    ProcessRecord,
+    read_actual,
+    read_desired,
+    write_model,
+)
+from ollama_fleet.supervisor import Echo, Supervisor, exited, launch_background, live_supervisor
+
+
+@dataclass
+class UpReport:
+    desired: Desired
+    changes: list[Change]  # what happened to each instance ("roll": restarted one by one after)
+    ready: Readiness
+    actual: Actual | None
+    gateway: str | None = None  # what the gateway did, in words
+    problems: list[str] = field(default_factory=list)
+    supervisor: Supervisor | None = None  # `--foreground`: attached, for the CLI to run
+
+
+def make_plan(cfg: FleetConfig, progress: Progress, home_of_user: str | None = None) -> Plan:
+    """The plan, saying what the user should know about it (pinning by index, unused GPUs,
+    an `ollama serve` the fleet did not start). `home_of_user`: whose ~/.ollama/models is
+    the default models dir (install-systemd's service user), else the caller's."""
+    found = resolve(cfg.gpus)
+    if found.note:
+        progress.warn(found.note)
+    home = Path(home_of_user) if home_of_user else None
+    result = plan(cfg, found, inspect_models_dir(cfg, home))
+    assert cfg.state_dir is not None
+    actual = read_actual(cfg.state_dir) if (cfg.state_dir / DESIRED).exists() else None
+    warn_others(progress, foreign_ollama({st.pid for st in actual.instances.values() if st.pid} if actual else set()))
+    for gpu in result.unused_gpus:
+        progress.warn(f"GPU {gpu.index} is not used: it does not fill a group of {cfg.gpus_per_instance}")
+    return result
+
+
+def warn_others(progress: Progress, others: list[str]) -> None:
+    for other in others:
+        progress.warn(
+            f"an `ollama serve` the fleet did not start runs: {other}; it may hold GPU memory "
+            "(a stock ollama.service? systemctl disable --now ollama)"
+        )
+
+
+def gateway_for(cfg: FleetConfig, result: Plan, progress: Progress) -> tuple[Engine | None, GatewaySpec | None]:
+    """The engine and spec to run, or (None, None) to run without a gateway. When the
+    gateway or its engine was asked for (by a flag, a variable or the file), a missing engine
+    is an error; else a warning, and the fleet runs without one."""
+    if not cfg.gateway:
+        return None, None
+    explicit = "gateway" in cfg.model_fields_set or "engine" in cfg.model_fields_set
+    spec = spec_from(cfg, result)
+    name = cfg.engine
+    if find_tool(name) is None:
+        if explicit or name != "nginx":
+            raise Missing(f"engine: {name} is not installed (apt-get install {name}), and the gateway asks for it")
+        progress.warn(
+            f"{name} is not installed: running without a gateway (apt-get install {name}; --no-gateway silences this)"
+        )
+        return None, None
+    if message := exposure_warning(spec):
+        progress.warn(message)
+    return engine_named(name), spec
+
+
+def _warn_ignored_env(cfg: FleetConfig, progress: Progress) -> None:
+    """Name the caller's OLLAMA_* / *_VISIBLE_DEVICES that instances will not see, and how to
+    pass each on purpose (by reference: a value may be a secret)."""
+    ignored = [k for k in ignored_env(os.environ) if k not in cfg.env]
+    if not ignored:
+        return
+    how = [
+        f"{k} (the fleet sets it: use --{RESERVED_ENV[k].replace('_', '-')})"
+        if k in RESERVED_ENV and " " not in RESERVED_ENV[k]
+        else f"{k} (the fleet sets it)"
+        if k in RESERVED_ENV
+        else f"--env {k}=${k}"
+        for k in ignored
+    ]
+    progress.warn(
+        "instances do not inherit these variables from your environment: "
+        + ", ".join(ignored)
+        + "; to pass one on purpose: "
+        + ", ".join(how)
+    )
+
+
+def _preflight(result: Plan, actual: Actual | None) -> None:
+    """Refuse to start what cannot run: a missing models dir (3), a port taken by a stranger (1)."""
+    md = result.models_dir
+    if not md.exists:
+        raise Missing(f"models_dir: {md.path} does not exist (create it, or pass --models-dir)")
+    if not md.readable:
+        raise Missing(f"models_dir: {md.path} is not readable by this user")
+    ours = {
+        st.port
+        for st in (actual.instances.values() if actual else [])
+        if st.record is not None and st.record.process() is not None
+    }
+    for inst in result.instances:
+        if inst.port not in ours and (holder := port_holder(inst.port, inst.host)) is not None:
+            raise UserError(f"port {inst.port} (for {inst.name}) is taken by {holder}; pass another --base-port")
+
+
+def up(
+    cfg: FleetConfig,
+    *,
+    foreground: bool,
+    rolling: bool,
+    progress: Progress,
+    echo: Echo | None = None,
+) -> UpReport:
+    result = make_plan(cfg, progress)
+    assert cfg.state_dir is not None
+    home = cfg.state_dir
+    _warn_ignored_env(cfg, progress)
+    previous = read_desired(home)
+    new = Desired(
+        instances=result.instances,
+        ollama_bin=resolve_binary(cfg.ollama_bin),
+        user=run_as(cfg.user, result.models_dir.owner),
+        loads=tuple(loads(result, cfg.preload, cfg.keep_alive)),
+        models=result.models,
+        # Restarts asked for earlier are part of each instance's fingerprint: keep them.
+        generations=previous.generations if previous else {},
+    )
+    # The gateway's input (keys, TLS files) is read and checked before anything starts.
+    engine, spec = gateway_for(cfg, result, progress)
+    if engine is not None and spec is not None:
+        gateway_preflight(spec, home, engine)
+    running = live_supervisor(home)
+    if running is not None and foreground:
+        raise UserError(
+            f"a fleet is already running from {home} (supervisor pid {running.pid}); run `ollama-fleet down` first"
+        )
+    actual = read_actual(home) if running else None
+    todo = changes(previous if running else None, actual, new)
+    _preflight(result, actual)
+    held = tuple(c.name for c in todo if c.action == "restart") if rolling else ()
+    if held and (engine is None or foreground):
+        raise UserError(
+            "up --rolling drains each changed instance through the gateway: it needs the gateway and a detached fleet"
+        )
+    for change in todo:
+        if change.action in ("restart", "stop"):
+            verb = (
+                "rolling restart" if change.name in held else "restarting" if change.action == "restart" else "stopping"
+            )
+            progress.say(f"{change.name}: {verb} ({change.why})")
+    write_model(home / DESIRED, new.holding(held))
+
+    supervisor, tick = _supervise(home, running, foreground, echo)
+    try:
+        ready = wait_ready(
+            home,
+            new.model_copy(update={"instances": tuple(i for i in new.instances if i.name not in held)}),
+            cfg.wait_timeout,
+            tick,
+            lambda n, total: progress.status(f"waiting for instances: {n}/{total} answer"),
+        )
+        _verify_pinning(new, ready, progress)
+        preload_failures = probe.preload(
+            {i.name: i.address for i in new.instances if i.name in ready.versions},
+            list(new.loads),
+            timeout=max(cfg.wait_timeout, 300),
+        )
+    except Interrupted:
+        assert supervisor is not None
+        supervisor.stop_all()
+        raise
+    report = UpReport(
+        desired=new,
+        changes=[Change(c.name, "roll", c.why) if c.name in held else c for c in todo],
+        ready=ready,
+        actual=read_actual(home),
+        supervisor=supervisor,
+    )
+    report.problems += _converge_gateway(cfg, engine, spec, new, report)
+    report.problems += list(ready.failed.values()) + preload_failures
+    if held and report.problems:
+        report.problems.append(
+            f"the rolling restart of {', '.join(held)} did not start: they run their old plan; "
+            "fix the above and run `up --rolling` again"
+        )
+    elif held:
+        from ollama_fleet.actions.restart import restart
+        from ollama_fleet.fleet import UpFleet
+
+        outcome = restart(
+            UpFleet(home),
+            list(held),
+            rolling=True,
+            drain_timeout=cfg.read_timeout,
+            wait_timeout=cfg.wait_timeout,
+            progress=progress,
+        )
+        report.problems += outcome.problems
+    return report
+
+
+def _supervise(
+    home: Path, running: ProcessRecord | None, foreground: bool, echo: Echo | None
+) -> tuple[Supervisor | None, Callable[[], None]]:
+    """The supervisor for this `up`: attached (stepped by the wait, Ctrl-C stops all),
+    a new background one, or the running one told to converge (SIGHUP)."""
+    if foreground:
+        supervisor = Supervisor(home, echo=echo, foreground=True)
+        supervisor.install_signal_handlers()
+
+        def step() -> None:
+            supervisor.step()
+            if supervisor.stop_signal is not None:
+                raise Interrupted(supervisor.stop_signal)
+
+        return supervisor, step
+    background = None if running else launch_background(home)
+
+    def check() -> None:
+        if background is not None and exited(background):
+            raise UserError(with_log_tail("the supervisor exited at start", home / SUPERVISOR_LOG))
+
+    if running is not None:
+        os.kill(running.pid, signal.SIGHUP)  # converge to the new fleet.json
+    return None, check
+
+
+def _verify_pinning(new: Desired, ready: Readiness, progress: Progress) -> None:
+    """Never preload onto a neighbour's GPU or the CPU: a wrong instance fails `up`."""
+    wrong, unverified = pinning.check(new.instances, ready.devices)
+    logs = {i.name: i.log for i in new.instances}
+    for name, why in wrong.items():
+        ready.failed[name] = with_log_tail(why, logs[name])
+        ready.versions.pop(name, None)
+    if unverified:
+        progress.warn(
+            f'{", ".join(unverified)}: Ollama logged no "inference compute" line, so the GPUs each uses '
+            "are not verified (this Ollama does not log them)"
+        )
+
+
+def _converge_gateway(
+    cfg: FleetConfig, engine: Engine | None, spec: GatewaySpec | None, new: Desired, report: UpReport
+) -> list[str]:
+    assert cfg.state_dir is not None
+    home = cfg.state_dir
+    if engine is None or spec is None:
+        reason = "disabled" if not cfg.gateway else f"{cfg.engine} not installed"
+        write_model(home / GATEWAY, GatewayState(engine=None, reason=reason))
+        return []
+    try:
+        action, gw = converge(engine, spec, home, worker_user(new.user))
+    except FleetError as exc:
+        return [str(exc)]
+    pid = gw.process.pid if gw.process else "-"
+    report.gateway = f"gateway: {engine.name} {action}, listening on {spec.listen} (pid {pid})"
+    if not probe.gateway_answers(spec.probe_url, 10):
+        return [f"the gateway ({engine.name}) did not answer on {spec.probe_url}; see {home}/gateway"]
+    return []

@@ -1,0 +1,201 @@
+"""Commands that run and steer a fleet: up, down, restart, status, logs."""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ollama_fleet.cli import Terminal, command, out, warn
+from ollama_fleet.cli.options import GATEWAY_SETTINGS, INSTANCE_SETTINGS, with_settings
+from ollama_fleet.config import FleetConfig
+from ollama_fleet.errors import BadInput, UserError
+
+
+@command("up")
+@with_settings(*INSTANCE_SETTINGS, "user", "state_dir", "wait_timeout", "preload", *GATEWAY_SETTINGS)
+def up_command(
+    cfg: FleetConfig,
+    *,
+    foreground: Annotated[
+        bool, typer.Option("--foreground", help="stay attached: prefix instance output, Ctrl-C stops all")
+    ] = False,
+    rolling: Annotated[
+        bool,
+        typer.Option(
+            "--rolling", help="apply plan changes one instance at a time, each drained through the gateway first"
+        ),
+    ] = False,
+) -> None:
+    """Start one pinned `ollama serve` per GPU (or group), wait until each answers, supervise them."""
+    from ollama_fleet.actions.up import up
+    from ollama_fleet.cli.views import echo, up_table
+
+    terminal = Terminal()
+    with terminal.live("starting"):
+        report = up(cfg, foreground=foreground, rolling=rolling, progress=terminal, echo=echo)
+    out.print(up_table(report.desired, report.changes, report.ready, report.actual))
+    if report.gateway:
+        out.print(report.gateway)
+    if report.supervisor is None:
+        if report.problems:
+            raise UserError("\n".join(report.problems))
+        return
+    for problem in report.problems:
+        warn(problem)
+    out.print("supervising; Ctrl-C stops every instance")
+    raise typer.Exit(report.supervisor.run())
+
+
+@command("down")
+@with_settings("state_dir", config_file=False)
+def down_command(
+    cfg: FleetConfig,
+    *,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds between SIGTERM and SIGKILL", min=0)] = 10.0,
+) -> None:
+    """Stop the supervisor and every instance (SIGTERM to each process group, SIGKILL after --timeout)."""
+    from ollama_fleet.actions.down import down
+    from ollama_fleet.systemd import TARGET
+
+    assert cfg.state_dir is not None
+    done = down(cfg.state_dir, timeout)
+    if done.stopped is None:
+        out.print(f"nothing to stop: no fleet is recorded in {cfg.state_dir}", soft_wrap=True)
+        if done.installed:
+            out.print(f"the fleet installed with systemd is stopped with: systemctl stop {TARGET}")
+        return
+    also = " and the gateway" if done.gateway else ""
+    out.print(f"stopped {done.stopped} instance(s){also}; state cleared in {cfg.state_dir}")
+
+
+@command("restart")
+@with_settings("state_dir", config_file=False)
+def restart_command(
+    cfg: FleetConfig,
+    instances: Annotated[
+        list[str] | None, typer.Argument(help="instances to restart (default: all)", metavar="[INSTANCE]...")
+    ] = None,
+    *,
+    rolling: Annotated[
+        bool, typer.Option("--rolling", help="one at a time, drained through the gateway first: no stream is cut")
+    ] = False,
+    drain_timeout: Annotated[
+        float, typer.Option("--drain-timeout", help="seconds to wait for an instance's requests to finish", min=0)
+    ] = 600.0,
+    wait_timeout: Annotated[
+        float, typer.Option("--wait-timeout", help="seconds to wait for a restarted instance to answer", min=1)
+    ] = 60.0,
+) -> None:
+    """Restart instances; --rolling drains each through the gateway first so no stream is cut."""
+    from ollama_fleet.actions.restart import restart
+    from ollama_fleet.fleet import locate
+
+    assert cfg.state_dir is not None
+    outcome = restart(
+        locate(cfg.state_dir),
+        instances or [],
+        rolling=rolling,
+        drain_timeout=drain_timeout,
+        wait_timeout=wait_timeout,
+        progress=Terminal(),
+    )
+    out.print(f"restarted: {', '.join(outcome.restarted) or 'none'}")
+    if outcome.problems:
+        raise UserError("\n".join(outcome.problems))
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    prometheus = "prometheus"
+
+
+@command("status")
+@with_settings("state_dir", config_file=False)
+def status_command(
+    cfg: FleetConfig,
+    *,
+    format_: Annotated[
+        Format,
+        typer.Option("--format", help="table, json (schema in the README) or prometheus (node-exporter textfile)"),
+    ] = Format.table,
+    json_: Annotated[bool, typer.Option("--json", help="the same as --format json")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="refresh in place until Ctrl-C")] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", help="seconds between refreshes with --watch", min=0.2)
+    ] = 2.0,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds each probe may take", min=0.1)] = 2.0,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="write here (atomically) instead of stdout, e.g. for node-exporter's textfile dir",
+            metavar="FILE",
+        ),
+    ] = None,
+) -> None:
+    """GPUs, instances (pid, uptime, health, version, loaded models) and the gateway; exit 0 when all are healthy."""
+    from ollama_fleet.actions.up import warn_others
+    from ollama_fleet.cli.views import prometheus, status_view
+    from ollama_fleet.state import write_atomic
+    from ollama_fleet.status import gather
+
+    assert cfg.state_dir is not None
+    shape = Format.json if json_ else format_
+    if watch:
+        if shape is not Format.table or output is not None:
+            raise BadInput(["watch: --watch refreshes the table; use --format json or prometheus without it"])
+        _watch(cfg.state_dir, timeout, interval)
+        return
+    report = gather(cfg.state_dir, timeout)
+    if shape is Format.table:
+        if report.nvml.note:
+            warn(report.nvml.note)
+        warn_others(Terminal(), report.others)
+        out.print(status_view(report))
+    else:
+        text = json.dumps(report.json_data(), indent=2) + "\n" if shape is Format.json else prometheus(report)
+        print(text, end="") if output is None else write_atomic(output, text)
+    if not report.healthy:
+        raise typer.Exit(1)
+
+
+def _watch(home: Path, timeout: float, interval: float) -> None:
+    from rich.live import Live
+
+    from ollama_fleet.cli.views import status_view
+    from ollama_fleet.status import gather
+
+    with Live(console=out, auto_refresh=False, screen=False) as live:
+        try:
+            while True:
+                live.update(status_view(gather(home, timeout)), refresh=True)
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return  # Ctrl-C is how one leaves a watch: not an error
+
+
+@command("logs")
+@with_settings("state_dir", config_file=False)
+def logs_command(
+    cfg: FleetConfig,
+    instances: Annotated[
+        list[str] | None, typer.Argument(help="instances (default: all)", metavar="[INSTANCE]...")
+    ] = None,
+    *,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines until Ctrl-C")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="how many of the last lines to show first", min=0)] = 50,
+) -> None:
+    """The instances' logs: the supervisor's files (a fleet of `up`) or the journal (systemd)."""
+    from ollama_fleet.actions.logs import show_logs
+
+    assert cfg.state_dir is not None
+    show_logs(
+        cfg.state_dir, instances or [], follow=follow, lines=lines, write=lambda line: out.print(line, soft_wrap=True)
+    )

@@ -1,0 +1,149 @@
+"""What any gateway serves, whatever its engine: `GatewaySpec`, built from the config and
+the plan. Building it is where user input is read and validated (the API keys file, the TLS
+files), so the templates only ever see checked values."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from ollama_fleet.config import FleetConfig, Listen
+from ollama_fleet.errors import BadInput
+from ollama_fleet.names import spellings
+from ollama_fleet.plan import Plan
+
+# RFC 6750 bearer token characters: nothing that could end a quoted nginx string.
+_KEY = re.compile(r"[A-Za-z0-9._~+/=-]{8,200}")
+
+
+REDACTED = "<redacted>"
+
+
+class Backend(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    address: str
+    slots: int = 1  # the instance's OLLAMA_NUM_PARALLEL: requests it serves at once
+
+
+class ModelRoute(BaseModel):
+    """A placed model: the names a request may give it, and the instances that serve it."""
+
+    model_config = ConfigDict(frozen=True)
+    model: str  # "qwen3:latest"
+    names: tuple[str, ...]  # ("qwen3", "qwen3:latest", "library/qwen3", ...): all mean it
+    instances: tuple[Backend, ...]
+
+
+class Tls(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    cert: Path
+    key: Path
+
+
+class GatewaySpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    instances: tuple[Backend, ...]
+    listen: Listen
+    allow: tuple[str, ...]
+    api_keys: tuple[str, ...]
+    balance: str
+    read_timeout: int
+    max_body_size: str
+    tls: Tls | None
+    metrics_port: int = 8405
+    models: tuple[ModelRoute, ...] = ()
+    drained: tuple[str, ...] = ()  # instances sent no new request (a rolling restart)
+
+    def redacted(self) -> GatewaySpec:
+        return self.model_copy(update={"api_keys": tuple(REDACTED for _ in self.api_keys)})
+
+    @property
+    def probe_url(self) -> str:
+        """Where the gateway answers from this machine (a wildcard listen answers on loopback)."""
+        host = self.listen.host
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.listen.port}"
+
+
+def read_api_keys(path: Path) -> tuple[str, ...]:
+    """One key per line, `#` comments; each key checked so it cannot break out of a config."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BadInput(f"api_keys_file: cannot read {path} ({exc.strerror})") from None
+    keys = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if not _KEY.fullmatch(line):
+            # Never echo the line: it may be a secret with a typo.
+            raise BadInput(f"api_keys_file: line {number} of {path} is not a key (8-200 of A-Z a-z 0-9 . _ ~ + / = -)")
+        if line not in keys:
+            keys.append(line)
+    if not keys:
+        raise BadInput(f"api_keys_file: {path} holds no key")
+    return tuple(keys)
+
+
+def spec_from(config: FleetConfig, plan: Plan) -> GatewaySpec:
+    tls = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        for field, path in (("tls_cert", config.tls_cert), ("tls_key", config.tls_key)):
+            if not path.is_file():
+                raise BadInput(f"{field}: {path} does not exist")
+        tls = Tls(cert=config.tls_cert.absolute(), key=config.tls_key.absolute())
+    backends = {i.name: Backend(name=i.name, address=i.address, slots=_slots(i.env)) for i in plan.instances}
+    routes = tuple(
+        ModelRoute(
+            model=model,
+            names=spellings(model),
+            instances=tuple(backends[name] for name in placed.instances),
+        )
+        for model, placed in plan.models.items()
+    )
+    return GatewaySpec(
+        instances=tuple(backends.values()),
+        models=routes,
+        listen=config.listen,
+        allow=tuple(str(net) for net in config.allow),
+        api_keys=read_api_keys(config.api_keys_file) if config.api_keys_file else (),
+        balance=config.balance,
+        read_timeout=config.read_timeout,
+        max_body_size=config.max_body_size,
+        tls=tls,
+        metrics_port=config.metrics_port,
+    )
+
+
+def _slots(env: dict[str, str]) -> int:
+    value = env.get("OLLAMA_NUM_PARALLEL", "").strip()
+    if not value:
+        return 1  # Ollama's default when the variable is unset
+    if not value.isdigit() or not 1 <= int(value) <= 1024:
+        raise BadInput(f"env: OLLAMA_NUM_PARALLEL must be a whole number from 1 to 1024 (got {value!r})")
+    return int(value)
+
+
+def exposure_warning(spec: GatewaySpec) -> str | None:
+    """Listening beyond loopback with neither keys nor a narrow allowlist deserves a word."""
+    if ipaddress.ip_address(spec.listen.host).is_loopback or spec.api_keys:
+        return None
+    wide = [net for net in spec.allow if ipaddress.ip_network(net).num_addresses > 2**16]
+    if not wide:
+        return None
+    return (
+        f"the gateway listens on {spec.listen} and lets {', '.join(wide)} in without API keys; "
+        "anyone there can use (and pull models onto) the fleet. Add --api-keys-file or narrow --allow"
+    )
+
+
+def secret_mode(spec: GatewaySpec) -> int:
+    """Files that hold API keys are readable by owner and group only."""
+    return 0o640 if spec.api_keys else 0o644
