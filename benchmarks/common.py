@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ollama_fleet.gateway.haproxy import Haproxy  # noqa: E402
-from tests.conftest import FAKES, free_port_range, wait_answering  # noqa: E402
+from tests.helpers import FAKES, free_port_range, wait_answering  # noqa: E402
 
 
 def pareto_lengths(count: int, seed: int, minimum: int = 8, cap: int = 400) -> list[int]:

@@ -43,7 +43,7 @@ def central_queue(lengths: list[int], servers: int, clients: int, tps: float) ->
 def main() -> int:
     from common import Gateway, pareto_lengths
     from ollama_fleet.bench import quantile, run_load
-    from tests.conftest import start_instances, stop
+    from tests.helpers import start_instances, stop
 
     lengths = pareto_lengths(REQUESTS, SEED)
     rows = []

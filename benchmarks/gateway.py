@@ -21,7 +21,7 @@ TOKENS = 40
 def main() -> int:
     from common import Gateway
     from ollama_fleet.bench import run_load
-    from tests.conftest import start_instances, stop
+    from tests.helpers import start_instances, stop
 
     base, procs = start_instances(INSTANCES, OLLAMA_NUM_PARALLEL="8", FAKE_OLLAMA_TPS="25")
     try:

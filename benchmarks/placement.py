@@ -30,7 +30,7 @@ def main() -> int:
 
     from common import Gateway
     from ollama_fleet.bench import run_load
-    from tests.conftest import start_instances, stop
+    from tests.helpers import start_instances, stop
 
     rng = random.Random(SEED)
     mix = [rng.choice(MODELS) for _ in range(REQUESTS)]

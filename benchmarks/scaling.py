@@ -28,7 +28,7 @@ SEED = 7
 def main() -> int:
     from common import Gateway, pareto_lengths
     from ollama_fleet.bench import run_load
-    from tests.conftest import start_instances, stop
+    from tests.helpers import start_instances, stop
 
     base, procs = start_instances(8, FAKE_OLLAMA_TPS=str(TPS), OLLAMA_NUM_PARALLEL="1")
     scaling: dict[int, float] = {}

@@ -23,7 +23,7 @@ COUNT = 8
 
 def main() -> int:
     sys.path.insert(0, str(ROOT))
-    from tests.conftest import FAKE_OLLAMA, FAKES, free_port_range
+    from tests.helpers import FAKE_OLLAMA, FAKES, free_port_range
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "models").mkdir()

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 Api = Literal["generate", "chat", "openai"]
@@ -298,3 +300,53 @@ def _error_text(response: Any) -> str:
         return str(response.json()["error"])
     except (ValueError, KeyError, TypeError):
         return response.text.strip()[:200] or "no body"
+
+
+@dataclass
+class Run:
+    """A bench run, checked before any load: where, with which prompts and key, how many."""
+
+    url: str
+    prompts: list[str]
+    headers: dict[str, str]
+    total: int | None  # requests to send; None: as many as fit in the duration
+
+
+def prepare(
+    url: str,
+    model: str,
+    *,
+    requests: int | None,
+    duration: float | None,
+    concurrency: int,
+    prompt: str | None,
+    prompts: Path | None,
+    api_key_file: Path | None,
+) -> Run:
+    """Every bad option at once (exit 2), then one probe of the URL and the model (exit 1)."""
+    from ollama_fleet.errors import BadInput, UserError
+    from ollama_fleet.gateway.spec import read_api_keys
+
+    problems = []
+    if not re.fullmatch(r"https?://[^\s/]+", url.rstrip("/")):
+        problems.append(f"url: not http://HOST:PORT or https://HOST:PORT (got {url!r})")
+    if requests is not None and duration is not None:
+        problems.append("requests: give --requests or --duration, not both")
+    if prompt is not None and prompts is not None:
+        problems.append("prompts: give --prompt or --prompts, not both")
+    if problems:
+        raise BadInput(problems)
+    texts = [prompt or "Write a short story about a GPU."]
+    if prompts is not None:
+        try:
+            texts = [line for line in prompts.read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise BadInput(f"prompts: cannot read {prompts} ({exc.strerror})") from None
+        if not texts:
+            raise BadInput(f"prompts: {prompts} holds no prompt")
+    headers = {"Authorization": f"Bearer {read_api_keys(api_key_file)[0]}"} if api_key_file else {}
+    base = url.rstrip("/")
+    if (problem := check_target(base, model, headers)) is not None:
+        raise UserError(problem)
+    total = requests if duration is not None or requests is not None else 10 * concurrency
+    return Run(url=base, prompts=texts, headers=headers, total=None if duration is not None else total)

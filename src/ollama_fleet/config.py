@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import sys
@@ -23,6 +22,20 @@ from pydantic import (
 
 from ollama_fleet.errors import BadInput
 from ollama_fleet.names import canonical
+from ollama_fleet.values import (
+    Listen,
+    Model,
+    Network,
+    Placement,
+    SafePath,
+    env_pairs,
+    go_duration,
+    model_name,
+    model_pairs,
+    parse_listen,
+    split_list,
+    unloads_at_once,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,162 +55,14 @@ RESERVED_ENV = {
     "OLLAMA_NOPRUNE": "none: every instance but the writer runs with OLLAMA_NOPRUNE=1 so a restart never deletes a pull",
 }
 
-# Go's time.ParseDuration grammar ("1h30m", "15s", "-1m") or whole seconds ("3600", "-1"):
-# exactly what Ollama accepts for OLLAMA_KEEP_ALIVE (envconfig.KeepAlive).
-_GO_DURATION = re.compile(r"[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+|[-+]?\d+")
 _ENV_KEY = re.compile(r"[A-Z_][A-Z0-9_]*")
 _GPU_ID = re.compile(r"\d+|(GPU|MIG)-[0-9A-Za-z-]+")
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}")
 _SIZE = re.compile(r"\d+[kKmMgG]?")
-# Characters that would let a value escape its place in an nginx, HAProxy or systemd file.
-_UNSAFE = re.compile(r"[\s;{}\"'#$\\`]")
-
-
-def _safe_path(value: Path) -> Path:
-    if _UNSAFE.search(str(value)) or not str(value):
-        raise ValueError("paths may not contain whitespace, quotes or any of ; { } # $ \\ `")
-    return value
-
-
-def _network(value: Any) -> Any:
-    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        return value
-    try:
-        # strict=False: "192.168.1.7/24" means the /24 it lies in, as nginx reads it.
-        network = ipaddress.ip_network(str(value).strip(), strict=False)
-    except ValueError:
-        raise ValueError("not a valid IP network") from None
-    if network == ipaddress.ip_network("255.255.255.255/32"):
-        # No client has the broadcast address, and nginx cannot parse it (INADDR_NONE).
-        raise ValueError("255.255.255.255 is the broadcast address, never a client")
-    return network
-
-
-def _keep_alive(value: str) -> str:
-    if not _GO_DURATION.fullmatch(value):
-        raise ValueError("not a Go duration (15s, 5m, 1h30m) or whole seconds (3600, -1 for forever)")
-    return value
-
-
-def unloads_at_once(keep_alive: str) -> bool:
-    """A keep-alive of zero ("0", "0s", "0m0s"): Ollama unloads the model after every request,
-    so a preload loads it and unloads it at once (it answers done_reason "unload")."""
-    return all(float(number) == 0 for number in re.findall(r"\d+(?:\.\d*)?|\.\d+", keep_alive))
-
-
-def _model(value: str) -> str:
-    if not _MODEL.fullmatch(value):
-        raise ValueError("not a valid model name")
-    return value
-
-
-_INSTANCE = re.compile(r"gpu\d+(_\d+)*(-mig\d+)?")
-
-
-class Placement(BaseModel):
-    """Where one model lives: the instances that hold it, and how long they keep it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    instances: tuple[str, ...] = Field(min_length=1)
-    keep_alive: Annotated[str, AfterValidator(_keep_alive)] | None = None
-
-    @field_validator("instances", mode="before")
-    @classmethod
-    def _names(cls, value: Any) -> Any:
-        value = _split(value)
-        if isinstance(value, (list, tuple)) and not value:
-            raise ValueError("empty: name the instances that hold the model (gpu0, gpu1, ...)")
-        for name in value if isinstance(value, (list, tuple)) else []:
-            if not isinstance(name, str) or not _INSTANCE.fullmatch(name):
-                raise ValueError(
-                    f"{name!r} is not an instance name like gpu0, gpu0_1 or gpu0-mig1 (ranges are not accepted)"
-                )
-        if isinstance(value, (list, tuple)) and len(set(value)) != len(value):
-            raise ValueError("lists an instance twice")
-        return value
-
-
-def _model_pairs(value: Any) -> Any:
-    """`MODEL=gpu0,gpu1` entries (repeated flags; a variable separates them by spaces) as a
-    table; TOML tables pass through."""
-    if not isinstance(value, (str, list, tuple)):
-        return value
-    result = {}
-    for entry in value.split() if isinstance(value, str) else value:
-        model, sep, names = str(entry).partition("=")
-        if not sep:
-            raise ValueError(f"{entry!r} is not MODEL=INSTANCE[,INSTANCE...]")
-        result[model] = names
-    return result
-
-
-def _env_pairs(value: Any) -> Any:
-    """`KEY=VALUE` pairs (flags, comma-separated variable) as a table; tables pass through."""
-    if not isinstance(value, (str, list, tuple)):
-        return value
-    result = {}
-    for pair in _split(value) if isinstance(value, str) else value:
-        key, sep, val = str(pair).partition("=")
-        if not sep:
-            raise ValueError(f"{pair!r} is not KEY=VALUE")
-        result[key] = val
-    return result
-
-
-def _split(value: Any) -> Any:
-    """Lists in environment variables and flags are comma-separated."""
-    if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
-    return value
-
-
-SafePath = Annotated[Path, AfterValidator(_safe_path)]
-
-
-def checked_path(value: str, field: str) -> Path:
-    """A path flag that is no setting (`--prefix`), checked like the settings' paths."""
-    try:
-        return _safe_path(Path(value))
-    except ValueError as exc:
-        raise BadInput(f"{field}: {exc} (got {value[:60]!r})") from None
-
-
-Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
-Model = Annotated[str, AfterValidator(_model)]
-
-
-class Listen(BaseModel):
-    """Where the gateway listens: `[HOST:]PORT`, `[::]:PORT` for IPv6."""
-
-    model_config = ConfigDict(frozen=True)
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def _listen(value: Any) -> Any:
-    if isinstance(value, (Listen, dict)):
-        return value
-    text = str(value).strip()
-    match = re.fullmatch(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]:|(?P<v4>[0-9.]+):)?(?P<port>\d+)", text)
-    if not match:
-        raise ValueError("expected [HOST:]PORT, e.g. 8080, 127.0.0.1:8080 or [::]:8080")
-    host = match["v6"] or match["v4"] or "0.0.0.0"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{host!r} is not an IP address") from None
-    port = int(match["port"])
-    if not 1 <= port <= 65535:
-        raise ValueError("port must be between 1 and 65535")
-    return {"host": host, "port": port}
 
 
 class FleetConfig(BaseModel):
-    """Every setting of DESIGN.md §3 that the fleet uses so far."""
+    """Every setting of the fleet (the README's settings table is generated from it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -210,7 +75,7 @@ class FleetConfig(BaseModel):
         None,
         description="models dir shared by all instances (default /usr/share/ollama/.ollama/models if it exists, else ~/.ollama/models)",
     )
-    keep_alive: Annotated[str, AfterValidator(_keep_alive)] = Field(
+    keep_alive: Annotated[str, AfterValidator(go_duration)] = Field(
         "5m", description="OLLAMA_KEEP_ALIVE: Go duration or whole seconds; negative keeps models loaded forever"
     )
     ollama_bin: SafePath = Field(Path("ollama"), description="the ollama executable (looked up on PATH)")
@@ -230,7 +95,7 @@ class FleetConfig(BaseModel):
     engine: Literal["nginx", "haproxy"] = Field(
         "nginx", description="gateway engine: nginx, or haproxy (queues requests at the gateway, active health checks)"
     )
-    listen: Annotated[Listen, BeforeValidator(_listen)] = Field(
+    listen: Annotated[Listen, BeforeValidator(parse_listen)] = Field(
         Listen(host="0.0.0.0", port=8080), description="where the gateway listens: [HOST:]PORT, [::]:PORT for IPv6"
     )
     allow: tuple[Network, ...] = Field(
@@ -259,7 +124,7 @@ class FleetConfig(BaseModel):
     def _gpus(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip() == "all":
             return "all"
-        items = [str(item) for item in (_split(value) if not isinstance(value, int) else [value])]
+        items = [str(item) for item in (split_list(value) if not isinstance(value, int) else [value])]
         if not items:
             raise ValueError("empty: give `all`, indices like 0,1 or GPU UUIDs")
         for item in items:
@@ -272,7 +137,7 @@ class FleetConfig(BaseModel):
     @field_validator("preload", "allow", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
-        return _split(value)
+        return split_list(value)
 
     @field_validator("env")
     @classmethod
@@ -293,7 +158,7 @@ class FleetConfig(BaseModel):
             return value
         result: dict[str, Any] = {}
         for name, where in value.items():
-            _model(str(name))
+            model_name(str(name))
             key = canonical(str(name))
             if key in result:
                 raise ValueError(f"{name!r} is named twice (Ollama reads both names as {key!r})")
@@ -373,7 +238,7 @@ def load_config(
             source = label(key) if callable(label) else label
             if key in ("env", "models"):
                 try:
-                    value = _env_pairs(value) if key == "env" else _model_pairs(value)
+                    value = env_pairs(value) if key == "env" else model_pairs(value)
                 except ValueError as exc:
                     raise BadInput(f"{key}: {exc} [from {source}]") from None
                 if isinstance(merged.get(key), dict) and isinstance(value, dict):

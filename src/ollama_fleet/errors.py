@@ -1,4 +1,4 @@
-"""The errors core code raises; `cli.py` turns them into one red line and an exit code."""
+"""The errors core code raises; the CLI (cli/__init__.py) turns them into one red line and an exit code."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class FleetError(Exception):
 
 
 class UserError(FleetError):
-    """A message the user can act on, and the exit code of DESIGN.md §3."""
+    """A message the user can act on, and its exit code (the README lists them)."""
 
     def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
         super().__init__(message)

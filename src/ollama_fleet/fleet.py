@@ -12,7 +12,6 @@ from pathlib import Path
 import psutil
 
 from ollama_fleet import probe
-from ollama_fleet.config import Placement
 from ollama_fleet.errors import UserError
 from ollama_fleet.gateway import Engine, engine_named
 from ollama_fleet.pinning import Device
@@ -23,6 +22,7 @@ from ollama_fleet.state import DESIRED, read_actual, read_desired, read_gateway,
 from ollama_fleet.supervisor import live_supervisor
 from ollama_fleet.systemctl import Systemctl, journal_lines, unit_facts
 from ollama_fleet.systemd import MANIFEST, read_manifest, unit_of
+from ollama_fleet.values import Placement
 from ollama_fleet.waiting import wait_until
 
 

@@ -13,10 +13,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ollama_fleet.config import FleetConfig, Placement
+from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput
 from ollama_fleet.gpus import Discovery, Gpu
 from ollama_fleet.names import canonical
+from ollama_fleet.values import Placement
 
 OFFICIAL_MODELS_DIR = Path("/usr/share/ollama/.ollama/models")  # the official installer's `ollama` user
 LOOPBACK = "127.0.0.1"
@@ -167,7 +168,7 @@ def plan(config: FleetConfig, discovery: Discovery, models_dir: ModelsDir) -> Pl
     for k, group in enumerate(groups):
         port = config.base_port + k
         env = {
-            # UUIDs, because CUDA's index order can differ from NVML's (DESIGN.md §4).
+            # UUIDs, because CUDA's index order can differ from NVML's.
             "CUDA_VISIBLE_DEVICES": ",".join(
                 gpu.uuid if discovery.pinned_by == "uuid" and gpu.uuid else str(gpu.index) for gpu in group
             ),

@@ -105,7 +105,7 @@ def listener(port: int) -> psutil.Process | None:
 def foreign_ollama(ours: set[int]) -> list[str]:
     """Every `ollama serve` this fleet did not start (a stock ollama.service, a hand-started
     one), as "pid 123 (user ollama, 127.0.0.1:11434)": it may hold GPU memory the fleet's
-    instances need (DESIGN.md §4)."""
+    instances need."""
     found = []
     for proc in psutil.process_iter(["pid", "name", "cmdline", "username"]):
         try:

@@ -13,6 +13,9 @@ from ollama_fleet.pinning import Device
 from ollama_fleet.processes import with_log_tail
 from ollama_fleet.state import Desired, read_actual
 
+# Ollama binds its port before GPU discovery and answers after it: a probe sent meanwhile
+# waits in the backlog, so it is given long enough to be answered, not retried.
+PROBE_TIMEOUT = 3.0
 DEVICES_GRACE = 3.0  # seconds an answering instance gets to have its device lines read
 
 
@@ -66,7 +69,7 @@ def wait_ready(
         for name in result.failed:
             result.versions.pop(name, None)
         for address_name, version in zip(
-            probing, probe.versions(list(probing.values()), timeout=1.0).values(), strict=True
+            probing, probe.versions(list(probing.values()), timeout=PROBE_TIMEOUT).values(), strict=True
         ):
             if version is not None:
                 result.versions[address_name] = version

@@ -15,10 +15,10 @@ from typing import Any, Literal
 import psutil
 from pydantic import BaseModel, ValidationError
 
-from ollama_fleet.config import Placement
 from ollama_fleet.errors import UserError
 from ollama_fleet.pinning import Device
 from ollama_fleet.plan import Instance
+from ollama_fleet.values import Placement
 
 DESIRED = "fleet.json"  # written by `up`
 ACTUAL = "supervisor.json"  # written by the supervisor

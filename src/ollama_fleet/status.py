@@ -16,13 +16,13 @@ from typing import Literal
 from pydantic import BaseModel, Field, computed_field
 
 from ollama_fleet import pinning, probe
-from ollama_fleet.config import Placement
 from ollama_fleet.errors import UserError
 from ollama_fleet.fleet import locate
 from ollama_fleet.gateway import ServerStats, engine_named
 from ollama_fleet.gpus import Gpu, NvmlUnavailable, discover
 from ollama_fleet.names import canonical
 from ollama_fleet.processes import foreign_ollama
+from ollama_fleet.values import Placement
 
 SCHEMA = 1
 

@@ -14,11 +14,11 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel
 
-from ollama_fleet.config import Placement
 from ollama_fleet.errors import UserError
 from ollama_fleet.gateway import InstallLayout
 from ollama_fleet.plan import GpuRef, Instance
 from ollama_fleet.render import RenderedFile, render
+from ollama_fleet.values import Placement
 
 UNIT_DIR = PurePosixPath("/etc/systemd/system")
 CONF_DIR = PurePosixPath("/etc/ollama-fleet")

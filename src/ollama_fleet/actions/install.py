@@ -5,6 +5,7 @@ told what changed, then each instance and the gateway asked whether they came up
 from __future__ import annotations
 
 import difflib
+import pwd
 import stat
 import time
 from collections.abc import Callable
@@ -13,10 +14,10 @@ from pathlib import Path
 
 from ollama_fleet import accounts, pinning, probe
 from ollama_fleet.actions import Progress
-from ollama_fleet.config import FleetConfig, Placement
+from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import Missing, UserError
 from ollama_fleet.gateway import InstallLayout
-from ollama_fleet.plan import Instance
+from ollama_fleet.plan import Instance, ModelsDir
 from ollama_fleet.processes import find_tool, resolve_binary
 from ollama_fleet.render import RenderedFile
 from ollama_fleet.state import write_atomic
@@ -38,6 +39,7 @@ from ollama_fleet.systemd import (
     render_units,
     unit_of,
 )
+from ollama_fleet.values import Placement
 from ollama_fleet.waiting import wait_until
 
 
@@ -270,14 +272,7 @@ def install_systemd(
             "install-systemd writes to /etc/systemd/system: run it as root, or stage the files with --root DIR"
         )
     systemctl = Systemctl(find_tool("systemctl")) if enable and not staging and not dry_run else None
-    account = None
-    if not staging:
-        account = accounts.service_account(name)
-        md = result.models_dir
-        if not md.exists:
-            raise Missing(f"models_dir: {md.path} does not exist (create it, owned by {name}, or pass --models-dir)")
-        if not accounts.can_use(md.path, account):
-            raise Missing(f"models_dir: {accounts.why_not_usable(md.path, account)}")
+    account = None if staging else _service_account(name, result.models_dir)
     service = Service(
         ollama_bin=resolve_binary(cfg.ollama_bin),
         user=name,
@@ -290,17 +285,15 @@ def install_systemd(
     if engine is not None and spec is not None:
         # Checked before anything is written: a config the engine rejects leaves the old one.
         layout = engine.install_layout(spec)
-        gateway = (
-            layout,
-            ManifestGateway(
-                engine=engine.name,
-                listen=str(spec.listen),
-                url=spec.probe_url,
-                prefix=layout.runtime_dir,
-                unit=layout.unit,
-                owned=layout.owned,
-            ),
+        where = ManifestGateway(
+            engine=engine.name,
+            listen=str(spec.listen),
+            url=spec.probe_url,
+            prefix=layout.runtime_dir,
+            unit=layout.unit,
+            owned=layout.owned,
         )
+        gateway = (layout, where)
     files = render_units(result.instances, service, gateway[0] if gateway else None)
     if account is not None and not dry_run:
         # Ollama writes its key to ~/.ollama before it listens, and exits when it cannot
@@ -334,6 +327,16 @@ def install_systemd(
             raise UserError("\n".join(problems))
         done.answered = True
     return done
+
+
+def _service_account(name: str, md: ModelsDir) -> pwd.struct_passwd:
+    """The user the units run as, who must be able to use the models dir."""
+    account = accounts.service_account(name)
+    if not md.exists:
+        raise Missing(f"models_dir: {md.path} does not exist (create it, owned by {name}, or pass --models-dir)")
+    if not accounts.can_use(md.path, account):
+        raise Missing(f"models_dir: {accounts.why_not_usable(md.path, account)}")
+    return account
 
 
 def uninstall_systemd(root: Path | None, enable: bool) -> list[str] | None:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from ollama_fleet.accounts import run_as, worker_user
 from ollama_fleet.actions import Progress
-from ollama_fleet.config import FleetConfig, checked_path
+from ollama_fleet.config import FleetConfig
 from ollama_fleet.gateway import engine_named
 from ollama_fleet.gateway.spec import exposure_warning, secret_mode, spec_from
 from ollama_fleet.state import write_atomic
+from ollama_fleet.values import checked_path
 
 
 @dataclass

@@ -3,7 +3,7 @@
 A rolling restart takes one instance at a time: the gateway stops sending it new requests
 (drain), the requests it serves finish (bounded by a timeout that is reported, never
 silently exceeded), it restarts, answers, gets its models back, and the gateway sends it
-requests again. Ollama closes every connection at once on SIGTERM (DESIGN.md §5), so
+requests again. Ollama closes every connection at once on SIGTERM (server/routes.go Serve), so
 without the drain every stream on it would be cut.
 """
 

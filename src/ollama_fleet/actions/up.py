@@ -83,10 +83,11 @@ def gateway_for(cfg: FleetConfig, result: Plan, progress: Progress) -> tuple[Eng
     if not cfg.gateway:
         return None, None
     explicit = "gateway" in cfg.model_fields_set or "engine" in cfg.model_fields_set
+    # Without an engine asked for, the default one missing is a warning: run without it.
     spec = spec_from(cfg, result)
     name = cfg.engine
     if find_tool(name) is None:
-        if explicit or name != "nginx":
+        if explicit or name != FleetConfig.model_fields["engine"].default:
             raise Missing(f"engine: {name} is not installed (apt-get install {name}), and the gateway asks for it")
         progress.warn(
             f"{name} is not installed: running without a gateway (apt-get install {name}; --no-gateway silences this)"
@@ -149,15 +150,7 @@ def up(
     home = cfg.state_dir
     _warn_ignored_env(cfg, progress)
     previous = read_desired(home)
-    new = Desired(
-        instances=result.instances,
-        ollama_bin=resolve_binary(cfg.ollama_bin),
-        user=run_as(cfg.user, result.models_dir.owner),
-        loads=tuple(loads(result, cfg.preload, cfg.keep_alive)),
-        models=result.models,
-        # Restarts asked for earlier are part of each instance's fingerprint: keep them.
-        generations=previous.generations if previous else {},
-    )
+    new = _desired(cfg, result, previous)
     # The gateway's input (keys, TLS files) is read and checked before anything starts.
     engine, spec = gateway_for(cfg, result, progress)
     if engine is not None and spec is not None:
@@ -175,12 +168,7 @@ def up(
         raise UserError(
             "up --rolling drains each changed instance through the gateway: it needs the gateway and a detached fleet"
         )
-    for change in todo:
-        if change.action in ("restart", "stop"):
-            verb = (
-                "rolling restart" if change.name in held else "restarting" if change.action == "restart" else "stopping"
-            )
-            progress.say(f"{change.name}: {verb} ({change.why})")
+    _say_changes(todo, held, progress)
     write_model(home / DESIRED, new.holding(held))
 
     supervisor, tick = _supervise(home, running, foreground, echo)
@@ -211,25 +199,50 @@ def up(
     )
     report.problems += _converge_gateway(cfg, engine, spec, new, report)
     report.problems += list(ready.failed.values()) + preload_failures
-    if held and report.problems:
-        report.problems.append(
+    if held:
+        report.problems += _roll(cfg, held, report.problems, progress)
+    return report
+
+
+def _roll(cfg: FleetConfig, held: tuple[str, ...], problems: list[str], progress: Progress) -> list[str]:
+    """`up --rolling`: the changed instances, one at a time, drained first, once the rest is up."""
+    from ollama_fleet.actions.restart import restart
+    from ollama_fleet.fleet import UpFleet
+
+    assert cfg.state_dir is not None
+    if problems:
+        return [
             f"the rolling restart of {', '.join(held)} did not start: they run their old plan; "
             "fix the above and run `up --rolling` again"
-        )
-    elif held:
-        from ollama_fleet.actions.restart import restart
-        from ollama_fleet.fleet import UpFleet
+        ]
+    outcome = restart(
+        UpFleet(cfg.state_dir),
+        list(held),
+        rolling=True,
+        drain_timeout=cfg.read_timeout,
+        wait_timeout=cfg.wait_timeout,
+        progress=progress,
+    )
+    return outcome.problems
 
-        outcome = restart(
-            UpFleet(home),
-            list(held),
-            rolling=True,
-            drain_timeout=cfg.read_timeout,
-            wait_timeout=cfg.wait_timeout,
-            progress=progress,
-        )
-        report.problems += outcome.problems
-    return report
+
+def _desired(cfg: FleetConfig, result: Plan, previous: Desired | None) -> Desired:
+    return Desired(
+        instances=result.instances,
+        ollama_bin=resolve_binary(cfg.ollama_bin),
+        user=run_as(cfg.user, result.models_dir.owner),
+        loads=tuple(loads(result, cfg.preload, cfg.keep_alive)),
+        models=result.models,
+        # Restarts asked for earlier are part of each instance's fingerprint: keep them.
+        generations=previous.generations if previous else {},
+    )
+
+
+def _say_changes(todo: list[Change], held: tuple[str, ...], progress: Progress) -> None:
+    for change in todo:
+        if change.action in ("restart", "stop"):
+            verb = "restarting" if change.action == "restart" else "stopping"
+            progress.say(f"{change.name}: {'rolling restart' if change.name in held else verb} ({change.why})")
 
 
 def _supervise(

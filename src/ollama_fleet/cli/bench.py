@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +10,6 @@ import typer
 
 from ollama_fleet.cli import command, err, set_verbose
 from ollama_fleet.cli.options import JsonOpt, VerboseOpt
-from ollama_fleet.errors import BadInput, UserError
 
 
 class BenchApi(str, Enum):
@@ -57,54 +55,39 @@ def bench_command(
     """Load the fleet with streamed requests: requests/s, tokens/s, TTFT and latency percentiles, errors, split per instance."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ollama_fleet.bench import check_target, run_load
+    from ollama_fleet.bench import prepare, run_load
     from ollama_fleet.cli.views import print_bench, print_json
-    from ollama_fleet.gateway.spec import read_api_keys
 
     set_verbose(verbose)
-    problems = []
-    if not re.fullmatch(r"https?://[^\s/]+", url.rstrip("/")):
-        problems.append(f"url: not http://HOST:PORT or https://HOST:PORT (got {url!r})")
-    if requests is not None and duration is not None:
-        problems.append("requests: give --requests or --duration, not both")
-    if prompt is not None and prompts is not None:
-        problems.append("prompts: give --prompt or --prompts, not both")
-    if problems:
-        raise BadInput(problems)
-    base = url.rstrip("/")
-    texts = [prompt or "Write a short story about a GPU."]
-    if prompts is not None:
-        try:
-            texts = [line for line in prompts.read_text().splitlines() if line.strip()]
-        except OSError as exc:
-            raise BadInput(f"prompts: cannot read {prompts} ({exc.strerror})") from None
-        if not texts:
-            raise BadInput(f"prompts: {prompts} holds no prompt")
-    headers = {"Authorization": f"Bearer {read_api_keys(api_key_file)[0]}"} if api_key_file else {}
-    if (problem := check_target(base, model, headers)) is not None:
-        raise UserError(problem)
-    total = requests if duration is None else None
-    if total is None and duration is None:
-        total = 10 * concurrency
-    what = f"{total} requests" if total is not None else f"{duration:g} s"
+    run = prepare(
+        url,
+        model,
+        requests=requests,
+        duration=duration,
+        concurrency=concurrency,
+        prompt=prompt,
+        prompts=prompts,
+        api_key_file=api_key_file,
+    )
+    what = f"{run.total} requests" if run.total is not None else f"{duration:g} s"
     columns = [
         TextColumn(f"{api.value} {model}, {concurrency} at once, {what}"),
         BarColumn(),
-        MofNCompleteColumn() if total is not None else TextColumn("{task.completed} done"),
+        MofNCompleteColumn() if run.total is not None else TextColumn("{task.completed} done"),
         TimeElapsedColumn(),
     ]
     with Progress(*columns, console=err, transient=True, disable=json_) as bar:
-        task = bar.add_task("bench", total=total)
+        task = bar.add_task("bench", total=run.total)
         result = run_load(
-            [base],
+            [run.url],
             model,
             concurrency=concurrency,
-            requests=total,
+            requests=run.total,
             duration=duration,
-            prompts=texts,
+            prompts=run.prompts,
             api=api.value,
             num_predict=num_predict,
-            headers=headers,
+            headers=run.headers,
             progress=lambda done: bar.update(task, completed=done),
         )
     summary = result.summary()

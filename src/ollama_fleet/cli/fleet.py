@@ -15,6 +15,10 @@ from ollama_fleet.cli.options import GATEWAY_SETTINGS, INSTANCE_SETTINGS, with_s
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
 
+InstancesArg = Annotated[
+    list[str] | None, typer.Argument(help="instance names, e.g. gpu0 gpu3 (default: all)", metavar="[INSTANCE]...")
+]
+
 
 @command("up")
 @with_settings(*INSTANCE_SETTINGS, "user", "state_dir", "wait_timeout", "preload", *GATEWAY_SETTINGS)
@@ -77,9 +81,7 @@ def down_command(
 @with_settings("state_dir", config_file=False)
 def restart_command(
     cfg: FleetConfig,
-    instances: Annotated[
-        list[str] | None, typer.Argument(help="instances to restart (default: all)", metavar="[INSTANCE]...")
-    ] = None,
+    instances: InstancesArg = None,
     *,
     rolling: Annotated[
         bool, typer.Option("--rolling", help="one at a time, drained through the gateway first: no stream is cut")
@@ -161,7 +163,10 @@ def status_command(
         out.print(status_view(report))
     else:
         text = json.dumps(report.json_data(), indent=2) + "\n" if shape is Format.json else prometheus(report)
-        print(text, end="") if output is None else write_atomic(output, text)
+        if output is None:
+            print(text, end="")
+        else:
+            write_atomic(output, text)
     if not report.healthy:
         raise typer.Exit(1)
 
@@ -185,9 +190,7 @@ def _watch(home: Path, timeout: float, interval: float) -> None:
 @with_settings("state_dir", config_file=False)
 def logs_command(
     cfg: FleetConfig,
-    instances: Annotated[
-        list[str] | None, typer.Argument(help="instances (default: all)", metavar="[INSTANCE]...")
-    ] = None,
+    instances: InstancesArg = None,
     *,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines until Ctrl-C")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="how many of the last lines to show first", min=0)] = 50,

@@ -10,10 +10,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from ollama_fleet.config import FleetConfig, Listen
+from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput
 from ollama_fleet.names import spellings
 from ollama_fleet.plan import Plan
+from ollama_fleet.values import Listen
 
 # RFC 6750 bearer token characters: nothing that could end a quoted nginx string.
 _KEY = re.compile(r"[A-Za-z0-9._~+/=-]{8,200}")

@@ -11,7 +11,7 @@ import pytest
 
 from ollama_fleet.bench import run_load
 from ollama_fleet.state import read_actual
-from tests.conftest import free_port_range, require_tool
+from tests.helpers import free_port_range, require_tool
 
 
 def pids(fleet) -> dict[str, int]:

@@ -13,7 +13,7 @@ import pytest
 
 from ollama_fleet.bench import run_load
 from ollama_fleet.state import read_actual
-from tests.conftest import free_port_range, require_tool, start_instances, stop
+from tests.helpers import free_port_range, require_tool, start_instances, stop
 
 
 def test_run_load_counts_tokens_instances_and_errors() -> None:

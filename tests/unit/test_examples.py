@@ -8,8 +8,9 @@ from pathlib import Path
 from ollama_fleet.config import load_config
 from ollama_fleet.gpus import resolve
 from ollama_fleet.plan import ModelsDir, plan
+from tests.helpers import ROOT
 
-EXAMPLES = Path(__file__).parents[1] / "examples"
+EXAMPLES = ROOT / "examples"
 
 
 def test_8x_rtx4090_example(nvml, tmp_path: Path) -> None:

@@ -14,8 +14,7 @@ from typer.testing import CliRunner
 
 from ollama_fleet.cli import app
 from ollama_fleet.state import read_actual
-from tests.conftest import free_port_range, start_instances, stop
-from tests.test_gateway import Gateway
+from tests.helpers import Gateway, free_port_range, start_instances, stop
 
 PLACED = {"qwen3": {"gpu0", "gpu1"}, "qwen3:latest": {"gpu0", "gpu1"}, "llama3.2": {"gpu2"}}
 MODELS = ["qwen3", "qwen3:latest", "llama3.2", "nomic-embed-text"]

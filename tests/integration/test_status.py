@@ -3,7 +3,6 @@ install-systemd manifest), the fake NVML, and Prometheus output judged by promet
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -11,19 +10,17 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ollama_fleet.cli.views import prometheus
 from ollama_fleet.config import load_config
 from ollama_fleet.gpus import Discovery, Gpu
 from ollama_fleet.plan import ModelsDir, plan
 from ollama_fleet.state import DESIRED, Desired, read_actual, read_gateway, write_model
-from ollama_fleet.status import expires_in, gather, parse_rfc3339
-from tests.conftest import FAKES, fake_pynvml, free_port_range, require_tool, start_instances, stop, subprocess_env
+from ollama_fleet.status import gather
+from tests.helpers import FAKES, fake_pynvml, free_port_range, require_tool, start_instances, stop, subprocess_env
 
 
 def status(fleet, *args: str) -> tuple[int, dict]:
@@ -102,53 +99,6 @@ def test_prometheus_output_parses_with_one_sample_per_instance(fleet) -> None:
     out = fleet.state.parent / "fleet.prom"
     assert fleet.run("status", "--format", "prometheus", "-o", str(out)).returncode == 0
     assert {f.name for f in text_string_to_metric_families(out.read_text())} == set(families)
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "2026-11-29T10:00:00.123456789+01:00",
-        "2026-11-29T09:00:00.1234567Z",
-        "2026-11-29T10:00:00+01:00",
-        "2026-11-29T04:00:00.5-05:00",
-    ],
-)
-def test_expiry_in_gos_rfc3339_nano_is_read_on_every_python(text: str) -> None:
-    """Ollama writes expires_at with up to 9 fractional digits and its local offset, which
-    Python 3.10's fromisoformat rejects (CI runs this under every Python it has)."""
-    when = parse_rfc3339(text)
-    assert when is not None
-    assert when.astimezone(timezone.utc).replace(microsecond=0) == datetime(2026, 11, 29, 9, 0, tzinfo=timezone.utc)
-    assert expires_in(text, now=datetime(2026, 11, 29, 8, 59, tzinfo=timezone.utc)) == pytest.approx(
-        60 + when.microsecond / 1e6
-    )
-    assert expires_in("2316-01-01T00:00:00.1+01:00") is None  # kept forever
-    assert parse_rfc3339("soon") is None
-
-
-def test_label_values_are_escaped() -> None:
-    from ollama_fleet.status import GatewayStatus, InstanceStatus, LoadedModel, NvmlStatus, StatusReport
-
-    odd = 'we"ird\\name\nx'
-    report = StatusReport(
-        source="up",
-        nvml=NvmlStatus(available=False),
-        gpus=[],
-        instances=[
-            InstanceStatus(
-                name="gpu0",
-                address="127.0.0.1:1",
-                gpus=["0"],
-                healthy=True,
-                models=[LoadedModel(name=odd, size_vram=5)],
-            )
-        ],
-        gateway=GatewayStatus(engine=None),
-    )
-    [sample] = {f.name: f for f in text_string_to_metric_families(prometheus(report))}[
-        "ollama_fleet_model_vram_bytes"
-    ].samples
-    assert sample.labels["model"] == odd and sample.value == 5
 
 
 def test_never_started_says_so_and_exits_1(fleet) -> None:
@@ -346,7 +296,7 @@ def test_watch_redraws_in_place_until_interrupted(fleet) -> None:
 def test_an_ollama_serve_the_fleet_did_not_start_is_reported(fleet, tmp_path: Path) -> None:
     """A stock ollama.service (here: the fake, run under the name `ollama`) may hold GPU
     memory: plan, up and status say so; the fleet's own instances are not reported."""
-    from tests.conftest import FAKE_OLLAMA, fake_home, wait_answering
+    from tests.helpers import FAKE_OLLAMA, fake_home, wait_answering
 
     binary = tmp_path / "bin" / "ollama"
     binary.parent.mkdir()
@@ -368,55 +318,3 @@ def test_an_ollama_serve_the_fleet_did_not_start_is_reported(fleet, tmp_path: Pa
     finally:
         stock.kill()
         stock.wait()
-
-
-def test_the_status_table_fits_80_columns_with_the_haproxy_column() -> None:
-    """A wide case: a MIG instance name, restarts, a slow probe, a busy drained instance."""
-    from rich.console import Console
-
-    from ollama_fleet.cli.views import status_view as _status_view
-    from ollama_fleet.gateway import ServerStats
-    from ollama_fleet.status import GatewayStatus, InstanceStatus, NvmlStatus, StatusReport
-
-    wide = InstanceStatus(
-        name="gpu10-mig1",
-        address="127.0.0.1:11544",
-        gpus=["10-mig1"],
-        pid=4194304,
-        uptime_s=2 * 86400 + 3 * 3600,
-        restarts=12,
-        healthy=True,
-        latency_ms=1234.5,
-        version="0.33.0-rc2",
-        devices=["CUDA MIG-x"],
-        gateway=ServerStats(state="DRAIN", queued=3, in_flight=4),
-    )
-    down = InstanceStatus(
-        name="gpu0_1",
-        address="127.0.0.1:11534",
-        gpus=["0", "1"],
-        gateway=ServerStats(state="DOWN 1/2", queued=0, in_flight=0),
-        error="refused",
-    )
-    wrong = InstanceStatus(
-        name="gpu2",
-        address="127.0.0.1:11536",
-        gpus=["2"],
-        version="0.33.0-rc2",
-        error="sees Vulkan 0 (0000:10:00.0) beyond its pin: a non-CUDA backend ignores it",
-    )
-    report = StatusReport(
-        source="systemd",
-        nvml=NvmlStatus(available=False),
-        gpus=[],
-        instances=[wide, down, wrong],
-        gateway=GatewayStatus(engine="haproxy", listen="0.0.0.0:8080", up=True, queued=5),
-    )
-    console = Console(width=80, record=True, file=io.StringIO())
-    console.print(_status_view(report))
-    text = console.export_text()
-    assert "…" not in text, text
-    assert all(len(line) <= 80 for line in text.splitlines())
-    assert "gpu10-mig1" in text and "↻12" in text and "DRAIN 4 busy 3 queued" in text
-    assert "WRONG GPU" in text and "gpu2: sees Vulkan 0 (0000:10:00.0) beyond its pin" in text.replace("\n", " ")
-    assert "gpu0_1: refused" in text

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAKE_OLLAMA, require_root, require_tool
+from tests.helpers import FAKE_OLLAMA, require_root, require_tool
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 PACKAGES = "systemd,systemd-sysv,dbus,python3,python3-venv,haproxy,nginx-light,curl,passwd,procps"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 pytestmark = pytest.mark.boot
@@ -287,6 +287,8 @@ def test_the_operators_path_under_a_real_systemd(box: Container) -> None:
     assert "did not start" not in box.run(FLEET, "plan", "--gpus", "0,1", **FAKE_ENV).stderr
     report = _status(box)
     assert report["healthy"] and report["source"] == "systemd", report
+    logs = box.run(FLEET, "logs", "-n", "20").stdout  # the journal, each line named by its instance
+    assert any(line.startswith("gpu1 | ") and "inference compute" in line for line in logs.splitlines()), logs
     assert [i["restarts"] for i in report["instances"]] == [0, 0]
     assert all(i["devices"] and i["devices"][0].startswith("CUDA GPU-") for i in report["instances"])
 

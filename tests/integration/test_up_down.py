@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.conftest import FAKE_OLLAMA, fake_pynvml
+from tests.helpers import FAKE_OLLAMA, fake_pynvml
 
 
 def env_of(url: str) -> dict:

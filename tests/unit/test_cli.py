@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,6 @@ from typer.testing import CliRunner
 
 from ollama_fleet import __version__
 from ollama_fleet.cli import app
-from tests.conftest import CONSOLE_SCRIPT, subprocess_env
 
 runner = CliRunner()
 
@@ -186,18 +183,3 @@ def test_several_bad_fields_give_one_line_each(nvml, models_dir: Path) -> None:
     result = run("plan", "--base-port", "0", "--keep-alive", "soon")
     assert result.exit_code == 2
     assert [line.split(":")[1].strip() for line in result.stderr.splitlines()] == ["base_port", "keep_alive"]
-
-
-def test_console_script_and_module_run(tmp_path: Path) -> None:
-    """The installed entry points, in real subprocesses, with the fake NVML on the path."""
-    env = subprocess_env(FAKE_NVML_GPUS="8", OLLAMA_FLEET_MODELS_DIR=str(tmp_path))
-    assert CONSOLE_SCRIPT.is_file(), f"{CONSOLE_SCRIPT}: the package is not installed in this environment"
-    for argv in ([str(CONSOLE_SCRIPT)], [sys.executable, "-m", "ollama_fleet"]):
-        proc = subprocess.run([*argv, "plan", "--gpus", "0,1,2,3", "--json"], env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        assert [i["port"] for i in json.loads(proc.stdout)["instances"]] == [11534, 11535, 11536, 11537]
-    proc = subprocess.run([str(CONSOLE_SCRIPT), "plan", "--base-port", "x"], env=env, capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "error: base_port: Input should be a valid integer, unable to parse string as an integer (got 'x') [from --base-port]"
-    ]

@@ -33,73 +33,9 @@ from ollama_fleet.gateway.nginx import Nginx
 from ollama_fleet.gateway.spec import spec_from
 from ollama_fleet.gpus import Discovery, Gpu
 from ollama_fleet.plan import ModelsDir, plan
-from tests.conftest import free_port_range, require_tool, start_instances, stop, subprocess_env, wait_answering
+from tests.helpers import Gateway, free_port_range, require_tool, start_instances, stop, subprocess_env, wait_answering
 
 ENGINES = ["nginx", "haproxy"]
-
-
-class Gateway:
-    """A real nginx or haproxy running the standalone config that `render-<engine>` writes."""
-
-    def __init__(
-        self,
-        base_port: int,
-        count: int,
-        *flags: str,
-        engine: str = "nginx",
-        scheme: str = "http",
-        verify: ssl.SSLContext | bool = True,
-    ) -> None:
-        self.engine = engine
-        self.tool = require_tool(engine)
-        self.prefix = Path(tempfile.mkdtemp(prefix=f"fleet-{engine}-"))
-        self.port = free_port_range(1)
-        self.url = f"{scheme}://127.0.0.1:{self.port}"
-        self.conf = self.prefix / f"{engine}.conf"
-        extra = ["--metrics-port", str(free_port_range(1))] if engine == "haproxy" else ["--standalone"]
-        args = [
-            f"render-{engine}",
-            "--check",
-            "--prefix",
-            str(self.prefix),
-            "-o",
-            str(self.conf),
-            "--gpus",
-            ",".join(map(str, range(count))),
-            "--base-port",
-            str(base_port),
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            *extra,
-            *flags,
-        ]
-        result = subprocess.run(
-            [sys.executable, "-m", "ollama_fleet", *args],
-            capture_output=True,
-            text=True,
-            env=subprocess_env(FAKE_NVML_GPUS=str(count)),
-        )
-        assert result.returncode == 0, result.stderr
-        if engine == "nginx":
-            subprocess.run([self.tool, "-p", str(self.prefix), "-c", str(self.conf)], check=True)
-        else:
-            subprocess.run([self.tool, "-W", "-D", "-f", str(self.conf)], check=True, capture_output=True)
-        wait_answering(self.url + "/", verify=verify)
-        if engine == "haproxy":  # servers are fully UP (not "UP 1/2") once their first check passed
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                stats = Haproxy().stats(self.prefix)
-                if stats is not None and stats.servers and all(s.state == "UP" for s in stats.servers.values()):
-                    break
-                time.sleep(0.05)
-
-    def close(self) -> None:
-        if self.engine == "nginx":
-            subprocess.run([self.tool, "-p", str(self.prefix), "-c", str(self.conf), "-s", "stop"], capture_output=True)
-        else:
-            pid = int((self.prefix / "haproxy.pid").read_text().split()[0])
-            os.kill(pid, signal.SIGTERM)
-        shutil.rmtree(self.prefix, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -589,7 +525,7 @@ def test_up_refuses_a_taken_gateway_port_before_starting_anything(fleet) -> None
 def test_nginx_sends_requests_again_at_once_when_instances_come_back() -> None:
     """After every instance failed (a crash loop), nginx answers 502 "no live upstreams"
     until fail_timeout ends, even to instances back up: it is 1 s, not 10 s."""
-    from tests.conftest import FAKE_OLLAMA, fake_home
+    from tests.helpers import FAKE_OLLAMA, fake_home
 
     base, procs = start_instances(2)
     gateway = Gateway(base, 2, engine="nginx")

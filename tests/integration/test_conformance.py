@@ -2,7 +2,7 @@
 `ollama` binary on PATH, on a machine with NVIDIA GPUs. This is how an operator checks a
 fleet before trusting it:
 
-    OLLAMA_FLEET_CONFORMANCE_MODEL=qwen3:0.6b .venv/bin/python -m pytest tests/test_conformance.py
+    OLLAMA_FLEET_CONFORMANCE_MODEL=qwen3:0.6b .venv/bin/python -m pytest tests/integration/test_conformance.py
 
 It starts two instances (one if the box has one GPU) on the real NVML, verifies each one's
 pinning from Ollama's own log (`up` fails otherwise), preloads the model, streams through
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port_range
+from tests.helpers import free_port_range
 
 OLLAMA = shutil.which("ollama")
 # Read at import: the suite's autouse fixture clears OLLAMA_* from the environment.

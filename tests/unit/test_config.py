@@ -9,6 +9,7 @@ import pytest
 
 from ollama_fleet.config import FleetConfig, load_config, reference_table
 from ollama_fleet.errors import EXIT_BAD_INPUT, BadInput
+from tests.helpers import ROOT
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -109,7 +110,7 @@ def test_reference_table_lists_every_setting() -> None:
 
 
 def test_readme_reference_matches_the_model() -> None:
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     assert reference_table() in readme, "README settings reference drifted: paste config.reference_table()"
 
 

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import FAKE_OLLAMA, fake_home, start_instances, stop
+from tests.helpers import FAKE_OLLAMA, fake_home, start_instances, stop
 
 
 @pytest.fixture
@@ -252,7 +252,7 @@ def test_model_names_compare_as_ollama_reads_them(fake) -> None:
 def test_it_binds_before_discovery_and_answers_after(tmp_path) -> None:
     """server/routes.go Serve: the port is bound at once; a request sent during GPU
     discovery waits in the backlog and is answered when discovery ends, never refused."""
-    from tests.conftest import free_port_range
+    from tests.helpers import free_port_range
 
     port = free_port_range(1)
     proc = subprocess.Popen(
@@ -294,7 +294,7 @@ def test_inference_compute_lines(env: dict, libraries: list[str]) -> None:
     """discover/types.go LogDetails, one line per device; Vulkan (on by default since v0.30)
     ignores CUDA_VISIBLE_DEVICES and adds the box's other GPUs."""
     from ollama_fleet.pinning import devices
-    from tests.conftest import free_port_range
+    from tests.helpers import free_port_range
 
     port = free_port_range(1)
     proc = subprocess.Popen(
@@ -323,7 +323,7 @@ def test_inference_compute_lines(env: dict, libraries: list[str]) -> None:
 def test_it_writes_its_key_first_and_exits_when_it_cannot(tmp_path) -> None:
     """cmd/cmd.go initializeKeypair runs before the server listens: a home whose ~/.ollama
     cannot be created (ProtectSystem=full, a read-only /usr) ends the process with exit 1."""
-    from tests.conftest import free_port_range
+    from tests.helpers import free_port_range
 
     port = free_port_range(1)
     home = tmp_path / "home"

@@ -20,8 +20,16 @@ from typer.testing import CliRunner
 from ollama_fleet.cli import app
 from ollama_fleet.gateway.haproxy import Haproxy, runtime_command
 from ollama_fleet.state import read_gateway
-from tests.conftest import FAKE_OLLAMA, fake_home, free_port_range, require_tool, start_instances, stop, subprocess_env
-from tests.test_gateway import Gateway
+from tests.helpers import (
+    FAKE_OLLAMA,
+    Gateway,
+    fake_home,
+    free_port_range,
+    require_tool,
+    start_instances,
+    stop,
+    subprocess_env,
+)
 
 
 def stats(gateway: Gateway) -> dict:

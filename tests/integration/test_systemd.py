@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from ollama_fleet import __version__
-from tests.conftest import FAKES, require_root, require_tool, subprocess_env
+from tests.helpers import FAKES, TESTS, require_root, require_tool, subprocess_env
 
-GOLDEN = Path(__file__).parent / "golden" / "systemd"
+GOLDEN = TESTS / "golden" / "systemd"
 UNITS = "etc/systemd/system"
 CONF = "etc/ollama-fleet"
 
@@ -402,26 +402,8 @@ def test_a_models_dir_the_user_cannot_write_is_exit_3(tmp_path: Path, ollama_bin
     assert not Path("/etc/ollama-fleet").exists()
 
 
-@pytest.mark.parametrize(
-    ("models", "protected"), [("/srv/models", True), ("/home/ai/models", False), ("/root/m", False)]
-)
-def test_protect_home_only_when_the_models_dir_is_outside_home(models: str, protected: bool) -> None:
-    from ollama_fleet.systemd import Service, render_units
-
-    service = Service(
-        ollama_bin="/usr/bin/ollama",
-        user="ollama",
-        group="ollama",
-        models_dir=Path(models),
-        home=Path("/usr/share/ollama"),
-    )
-    unit = render_units((), service)[0].content
-    assert ("ProtectHome=read-only" in unit) is protected
-    assert f"ReadWritePaths=-{models}\n" in unit
-
-
 def test_restart_of_a_systemd_fleet_uses_systemctl(tmp_path: Path, ollama_bin: Path, real_root, service_user) -> None:
-    from tests.conftest import start_instances, stop
+    from tests.helpers import start_instances, stop
 
     env, calls = real_root
     base, procs = start_instances(2)  # stand-ins for the units' processes, on their ports
@@ -518,7 +500,7 @@ def test_install_waits_and_fails_with_the_journal_of_what_did_not_come_up(
 ) -> None:
     """`Type=exec` reports a start as soon as the process runs: install asks each instance
     instead, and names the one that never answered with its journal's last lines."""
-    from tests.conftest import FAKE_OLLAMA, fake_home, free_port_range, stop
+    from tests.helpers import FAKE_OLLAMA, fake_home, free_port_range, stop
 
     env, _ = real_root
     journal = tmp_path / "journal"

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import FAKES, free_port_range, require_tool, start_instances, stop, wait_answering
+from tests.helpers import FAKES, free_port_range, require_tool, start_instances, stop, wait_answering
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```sh\n(.*?)\n```", README, re.S)
 
