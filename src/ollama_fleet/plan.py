@@ -33,8 +33,9 @@ class GpuRef(BaseModel):
     pci_bus_id: str | None = None  # NVML's; how Ollama's log names the device too (pinning.py)
 
     @property
-    def label(self) -> str:
-        """`3`, or `3-mig1` for a MIG slice: how tables show it."""
+    def number(self) -> str:
+        """`3`, or `3-mig1` for a MIG slice: how tables show the GPUs of an instance (the
+        GPU's own `Gpu.label` is `gpu3`, as instance names are)."""
         return str(self.index) if self.mig is None else f"{self.index}-mig{self.mig}"
 
 
@@ -77,14 +78,15 @@ class Plan(BaseModel):
         return placed.instances if placed else tuple(i.name for i in self.instances)
 
 
-def inspect_models_dir(config: FleetConfig, home: Path | None = None) -> ModelsDir:
-    """The configured models dir, else the official install's if it exists, else ~/.ollama/models."""
+def inspect_models_dir(config: FleetConfig, user_home: Path | None = None) -> ModelsDir:
+    """The configured models dir, else the official install's if it exists, else ~/.ollama/models
+    of `user_home` (the service user's), or of whoever runs this."""
     if config.models_dir is not None:
         path = config.models_dir
     elif OFFICIAL_MODELS_DIR.is_dir():
         path = OFFICIAL_MODELS_DIR
     else:
-        path = (home or Path.home()) / ".ollama" / "models"
+        path = (user_home or Path.home()) / ".ollama" / "models"
     path = path.expanduser().absolute()
     try:
         uid = path.stat().st_uid

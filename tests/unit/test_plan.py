@@ -113,7 +113,7 @@ def test_models_dir_resolution(tmp_path: Path) -> None:
 
 
 def test_models_dir_default_is_home_without_official_install(tmp_path: Path) -> None:
-    found = inspect_models_dir(config(tmp_path), home=tmp_path)
+    found = inspect_models_dir(config(tmp_path), user_home=tmp_path)
     if Path("/usr/share/ollama/.ollama/models").is_dir():
         assert found.path == Path("/usr/share/ollama/.ollama/models")
     else:

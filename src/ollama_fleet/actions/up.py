@@ -58,8 +58,8 @@ def make_plan(cfg: FleetConfig, progress: Progress, home_of_user: str | None = N
     found = resolve(cfg.gpus)
     if found.note:
         progress.warn(found.note)
-    home = Path(home_of_user) if home_of_user else None
-    result = plan(cfg, found, inspect_models_dir(cfg, home))
+    user_home = Path(home_of_user) if home_of_user else None
+    result = plan(cfg, found, inspect_models_dir(cfg, user_home))
     assert cfg.state_dir is not None
     actual = read_actual(cfg.state_dir) if (cfg.state_dir / DESIRED).exists() else None
     warn_others(progress, foreign_ollama({st.pid for st in actual.instances.values() if st.pid} if actual else set()))
@@ -147,20 +147,20 @@ def up(
 ) -> UpReport:
     result = make_plan(cfg, progress)
     assert cfg.state_dir is not None
-    home = cfg.state_dir
+    state_dir = cfg.state_dir
     _warn_ignored_env(cfg, progress)
-    previous = read_desired(home)
+    previous = read_desired(state_dir)
     new = _desired(cfg, result, previous)
     # The gateway's input (keys, TLS files) is read and checked before anything starts.
     engine, spec = gateway_for(cfg, result, progress)
     if engine is not None and spec is not None:
-        gateway_preflight(spec, home, engine)
-    running = live_supervisor(home)
+        gateway_preflight(spec, state_dir, engine)
+    running = live_supervisor(state_dir)
     if running is not None and foreground:
         raise UserError(
-            f"a fleet is already running from {home} (supervisor pid {running.pid}); run `ollama-fleet down` first"
+            f"a fleet is already running from {state_dir} (supervisor pid {running.pid}); run `ollama-fleet down` first"
         )
-    actual = read_actual(home) if running else None
+    actual = read_actual(state_dir) if running else None
     todo = changes(previous if running else None, actual, new)
     _preflight(result, actual)
     held = tuple(c.name for c in todo if c.action == "restart") if rolling else ()
@@ -169,12 +169,12 @@ def up(
             "up --rolling drains each changed instance through the gateway: it needs the gateway and a detached fleet"
         )
     _say_changes(todo, held, progress)
-    write_model(home / DESIRED, new.holding(held))
+    write_model(state_dir / DESIRED, new.holding(held))
 
-    supervisor, tick = _supervise(home, running, foreground, echo)
+    supervisor, tick = _supervise(state_dir, running, foreground, echo)
     try:
         ready = wait_ready(
-            home,
+            state_dir,
             new.model_copy(update={"instances": tuple(i for i in new.instances if i.name not in held)}),
             cfg.wait_timeout,
             tick,
@@ -194,7 +194,7 @@ def up(
         desired=new,
         changes=[Change(c.name, "roll", c.why) if c.name in held else c for c in todo],
         ready=ready,
-        actual=read_actual(home),
+        actual=read_actual(state_dir),
         supervisor=supervisor,
     )
     report.problems += _converge_gateway(cfg, engine, spec, new, report)
@@ -246,12 +246,12 @@ def _say_changes(todo: list[Change], held: tuple[str, ...], progress: Progress) 
 
 
 def _supervise(
-    home: Path, running: ProcessRecord | None, foreground: bool, echo: Echo | None
+    state_dir: Path, running: ProcessRecord | None, foreground: bool, echo: Echo | None
 ) -> tuple[Supervisor | None, Callable[[], None]]:
     """The supervisor for this `up`: attached (stepped by the wait, Ctrl-C stops all),
     a new background one, or the running one told to converge (SIGHUP)."""
     if foreground:
-        supervisor = Supervisor(home, echo=echo, foreground=True)
+        supervisor = Supervisor(state_dir, echo=echo, foreground=True)
         supervisor.install_signal_handlers()
 
         def step() -> None:
@@ -260,11 +260,11 @@ def _supervise(
                 raise Interrupted(supervisor.stop_signal)
 
         return supervisor, step
-    background = None if running else launch_background(home)
+    background = None if running else launch_background(state_dir)
 
     def check() -> None:
         if background is not None and exited(background):
-            raise UserError(with_log_tail("the supervisor exited at start", home / SUPERVISOR_LOG))
+            raise UserError(with_log_tail("the supervisor exited at start", state_dir / SUPERVISOR_LOG))
 
     if running is not None:
         os.kill(running.pid, signal.SIGHUP)  # converge to the new fleet.json
@@ -289,17 +289,17 @@ def _converge_gateway(
     cfg: FleetConfig, engine: Engine | None, spec: GatewaySpec | None, new: Desired, report: UpReport
 ) -> list[str]:
     assert cfg.state_dir is not None
-    home = cfg.state_dir
+    state_dir = cfg.state_dir
     if engine is None or spec is None:
         reason = "disabled" if not cfg.gateway else f"{cfg.engine} not installed"
-        write_model(home / GATEWAY, GatewayState(engine=None, reason=reason))
+        write_model(state_dir / GATEWAY, GatewayState(engine=None, reason=reason))
         return []
     try:
-        action, gw = converge(engine, spec, home, worker_user(new.user))
+        action, gw = converge(engine, spec, state_dir, worker_user(new.user))
     except FleetError as exc:
         return [str(exc)]
     pid = gw.process.pid if gw.process else "-"
     report.gateway = f"gateway: {engine.name} {action}, listening on {spec.listen} (pid {pid})"
     if not probe.gateway_answers(spec.probe_url, 10):
-        return [f"the gateway ({engine.name}) did not answer on {spec.probe_url}; see {home}/gateway"]
+        return [f"the gateway ({engine.name}) did not answer on {spec.probe_url}; see {state_dir}/gateway"]
     return []

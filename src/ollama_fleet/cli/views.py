@@ -52,7 +52,7 @@ def plan_view(result: Plan) -> Group:
     for inst in result.instances:
         table.add_row(
             inst.name,
-            ",".join(g.label for g in inst.gpus),
+            ",".join(g.number for g in inst.gpus),
             inst.address,
             Text(inst.env["CUDA_VISIBLE_DEVICES"], overflow="fold"),
         )
@@ -88,7 +88,7 @@ def up_table(new: Desired, todo: list[Change], ready: Readiness, actual: Actual 
         failed = inst.name in ready.failed
         table.add_row(
             inst.name,
-            ",".join(g.label for g in inst.gpus),
+            ",".join(g.number for g in inst.gpus),
             inst.address,
             str(st.pid) if st and st.pid else "-",
             Text("failed", style="bold red") if failed else label.get(action.get(inst.name, ""), "?"),
