@@ -154,32 +154,37 @@ def test_probes_run_at_once_so_a_hung_instance_costs_one_timeout(tmp_path: Path)
         stop(procs)
 
 
+def stage_systemd_fleet(root: Path, base: int, models: Path) -> None:
+    """A fleet of 2 installed under a staging root (its processes: fake instances on its ports)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ollama_fleet",
+            "install-systemd",
+            "--root",
+            str(root),
+            "--no-gateway",
+            "--ollama-bin",
+            sys.executable,
+            "--base-port",
+            str(base),
+            "--models-dir",
+            str(models),
+        ],
+        env=subprocess_env(FAKE_NVML_GPUS="2"),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def test_a_systemd_installed_fleet_is_found_through_its_manifest(tmp_path: Path) -> None:
     """install-systemd's manifest names the instances; their processes are found by port."""
     base, procs = start_instances(2)
     root = tmp_path / "root"
     try:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ollama_fleet",
-                "install-systemd",
-                "--root",
-                str(root),
-                "--no-gateway",
-                "--ollama-bin",
-                sys.executable,
-                "--base-port",
-                str(base),
-                "--models-dir",
-                str(tmp_path),
-            ],
-            env=subprocess_env(FAKE_NVML_GPUS="2"),
-            capture_output=True,
-            text=True,
-        )
-        assert result.returncode == 0, result.stderr
+        stage_systemd_fleet(root, base, models=tmp_path)
         report = gather(tmp_path / "no-up-state", 2.0, system_root=root)
         assert report.source == "systemd" and report.healthy
         assert [i.pid for i in report.instances] == [p.pid for p in procs]
@@ -221,27 +226,7 @@ def test_a_systemd_instance_on_a_foreign_gpu_is_unhealthy(tmp_path: Path, monkey
     monkeypatch.setenv("FAKE_JOURNAL_DIR", str(journal))
     monkeypatch.setenv("FAKE_NVML_GPUS", "2")
     try:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ollama_fleet",
-                "install-systemd",
-                "--root",
-                str(root),
-                "--no-gateway",
-                "--ollama-bin",
-                sys.executable,
-                "--base-port",
-                str(base),
-                "--models-dir",
-                str(tmp_path),
-            ],
-            env=subprocess_env(FAKE_NVML_GPUS="2"),
-            capture_output=True,
-            text=True,
-        )
-        assert result.returncode == 0, result.stderr
+        stage_systemd_fleet(root, base, models=tmp_path)
         report = gather(tmp_path / "no-up-state", 2.0, system_root=root)
         gpu0, gpu1 = report.instances
         assert gpu0.healthy and gpu0.devices == [f"CUDA {fake_pynvml.uuid_of(0)} (0000:10:00.0)"]

@@ -435,6 +435,20 @@ def test_restart_of_a_systemd_fleet_uses_systemctl(tmp_path: Path, ollama_bin: P
         stop(procs)
 
 
+def gateway_install_args(ollama_bin: Path, user: str) -> list[str]:
+    """install-systemd with a gateway, against the fake systemctl (which starts nothing: no wait)."""
+    return [
+        "install-systemd",
+        "--ollama-bin",
+        str(ollama_bin),
+        "--user",
+        user,
+        "--listen",
+        "127.0.0.1:18080",
+        "--no-wait",
+    ]
+
+
 def test_switching_the_gateway_from_haproxy_to_nginx_stops_the_old_unit(
     tmp_path: Path, ollama_bin: Path, real_root, service_user
 ) -> None:
@@ -442,16 +456,7 @@ def test_switching_the_gateway_from_haproxy_to_nginx_stops_the_old_unit(
     require_tool("nginx")
     env, calls = real_root
     path = fake_systemctl_path(tmp_path)
-    args = [
-        "install-systemd",
-        "--ollama-bin",
-        str(ollama_bin),
-        "--user",
-        service_user[0],
-        "--listen",
-        "127.0.0.1:18080",
-        "--no-wait",
-    ]
+    args = gateway_install_args(ollama_bin, service_user[0])
     assert install(tmp_path, *args, "--engine", "haproxy", path=path, **env).returncode == 0
     assert Path("/etc/systemd/system/ollama-fleet-gateway.service").exists()
     calls.unlink()
@@ -475,16 +480,7 @@ def test_nginx_not_running_is_started_and_said(tmp_path: Path, ollama_bin: Path,
     require_tool("nginx")
     env, calls = real_root
     path = fake_systemctl_path(tmp_path)
-    args = [
-        "install-systemd",
-        "--ollama-bin",
-        str(ollama_bin),
-        "--user",
-        service_user[0],
-        "--listen",
-        "127.0.0.1:18080",
-        "--no-wait",
-    ]
+    args = gateway_install_args(ollama_bin, service_user[0])
     first = install(tmp_path, *args, path=path, FAKE_SYSTEMCTL_INACTIVE="nginx.service", **env)
     assert first.returncode == 0, first.stderr
     assert "nginx.service was not running: started it" in first.stdout

@@ -285,14 +285,7 @@ def install_systemd(
     if engine is not None and spec is not None:
         # Checked before anything is written: a config the engine rejects leaves the old one.
         layout = engine.install_layout(spec)
-        where = ManifestGateway(
-            engine=engine.name,
-            listen=str(spec.listen),
-            url=spec.probe_url,
-            prefix=layout.runtime_dir,
-            unit=layout.unit,
-            owned=layout.owned,
-        )
+        where = ManifestGateway(engine=engine.name, listen=str(spec.listen), url=spec.probe_url, **layout.manifest())
         gateway = (layout, where)
     files = render_units(result.instances, service, gateway[0] if gateway else None)
     if account is not None and not dry_run:

@@ -42,6 +42,7 @@ def render_gateway(
     if message := exposure_warning(spec):
         progress.warn(message)
     engine = engine_named(engine_name)
+    standalone = standalone or engine.always_complete
     user = worker_user(run_as(cfg.user, result.models_dir.owner)) if standalone else None
     target = output.absolute() if output is not None else None
     content = engine.render(spec, standalone=standalone, prefix=root, user=user, config=target)

@@ -80,40 +80,50 @@ def _render(
         err.print(f"wrote {done.written}{ok}", soft_wrap=True, markup=False)
 
 
-@command("render-nginx")
-@with_settings(*(s for s in RENDER_SETTINGS if s != "metrics_port"))
-def render_nginx_command(
-    cfg: FleetConfig,
-    *,
-    output: OutputOpt = None,
-    standalone: Annotated[
-        bool, typer.Option("--standalone", help="a complete nginx.conf for `nginx -p PREFIX -c FILE`")
-    ] = False,
-    prefix: PrefixOpt = None,
-    check: Annotated[
-        bool, typer.Option("--check", help="run `nginx -t` on the result; exit 1 with nginx's message if it fails")
-    ] = False,
-) -> None:
-    """Render the nginx gateway: an http-level snippet for conf.d/, or a standalone nginx.conf."""
-    _render("nginx", cfg, output, standalone, prefix, check)
+StandaloneOpt = Annotated[
+    bool,
+    typer.Option(
+        "--standalone",
+        help="a complete config: nginx.conf for `nginx -p PREFIX -c FILE` (HAProxy's "
+        "haproxy.cfg is always complete; accepted for symmetry)",
+    ),
+]
+CheckOpt = Annotated[
+    bool,
+    typer.Option(
+        "--check",
+        help="run the engine's own check on the result (`nginx -t`, `haproxy -c`); exit 1 with its message if it fails",
+    ),
+]
 
 
-@command("render-haproxy")
-@with_settings(*RENDER_SETTINGS)
-def render_haproxy_command(
-    cfg: FleetConfig,
-    *,
-    output: OutputOpt = None,
-    standalone: Annotated[
-        bool, typer.Option("--standalone", help="accepted for symmetry: the output is always a complete haproxy.cfg")
-    ] = False,
-    prefix: PrefixOpt = None,
-    check: Annotated[
-        bool, typer.Option("--check", help="run `haproxy -c` on the result; exit 1 with HAProxy's message if it fails")
-    ] = False,
-) -> None:
-    """Render the HAProxy gateway: a complete haproxy.cfg that queues requests at the gateway."""
-    _render("haproxy", cfg, output, True, prefix, check)
+def _render_command(engine: str, doc: str, settings: tuple[str, ...]) -> None:
+    """render-nginx and render-haproxy: the same options, each for its engine."""
+
+    def render_command(
+        cfg: FleetConfig,
+        *,
+        output: OutputOpt = None,
+        standalone: StandaloneOpt = False,
+        prefix: PrefixOpt = None,
+        check: CheckOpt = False,
+    ) -> None:
+        _render(engine, cfg, output, standalone, prefix, check)
+
+    render_command.__doc__ = doc
+    command(f"render-{engine}")(with_settings(*settings)(render_command))
+
+
+_render_command(
+    "nginx",
+    "Render the nginx gateway: an http-level snippet for conf.d/, or a standalone nginx.conf.",
+    tuple(s for s in RENDER_SETTINGS if s != "metrics_port"),
+)
+_render_command(
+    "haproxy",
+    "Render the HAProxy gateway: a complete haproxy.cfg that queues requests at the gateway.",
+    RENDER_SETTINGS,
+)
 
 
 @command("install-systemd")

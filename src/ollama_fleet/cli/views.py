@@ -245,78 +245,68 @@ def _number(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
+# Every gauge `status --format prometheus` writes, with its help text (all prefixed ollama_fleet_).
+GAUGES = {
+    "up": "1 when every instance and the gateway are healthy",
+    "gpu_memory_used_bytes": "GPU memory in use",
+    "gpu_memory_total_bytes": "GPU memory in all",
+    "gpu_utilization_ratio": "GPU busy fraction over NVML's last sample period",
+    "gpu_temperature_celsius": "GPU temperature",
+    "gpu_power_watts": "GPU power draw",
+    "instance_up": "1 when the instance answers GET /api/version",
+    "instance_probe_seconds": "GET /api/version round trip",
+    "instance_uptime_seconds": "seconds since the instance process started",
+    "instance_models_loaded": "models the instance holds (GET /api/ps)",
+    "instance_models_missing": "models placed on the instance that it does not hold",
+    "instance_models_stray": "models the instance holds that are placed elsewhere",
+    "instance_queued": "requests waiting at the gateway for this instance (HAProxy)",
+    "instance_in_flight": "requests the instance serves now, as the gateway counts them (HAProxy)",
+    "model_vram_bytes": "GPU memory a loaded model holds",
+    "model_size_bytes": "memory a loaded model holds in all",
+    "gateway_up": "1 when the gateway answers",
+    "gateway_queued": "requests waiting at the gateway for a free instance (HAProxy)",
+}
+
+
 def prometheus(report: StatusReport) -> str:
     """The node-exporter textfile format: one HELP/TYPE block per metric, one sample each."""
-    metrics: dict[str, tuple[str, list[str]]] = {}
+    samples: dict[str, list[str]] = {}
 
-    def sample(metric: str, help_: str, value: float | int | bool | None, **labels: object) -> None:
-        if value is None:
-            return
-        metrics.setdefault(metric, (help_, []))[1].append(f"ollama_fleet_{metric}{_labels(**labels)} {_number(value)}")
+    def sample(metric: str, value: float | int | bool | None, **labels: object) -> None:
+        if value is not None:
+            samples.setdefault(metric, []).append(f"ollama_fleet_{metric}{_labels(**labels)} {_number(value)}")
 
-    sample("up", "1 when every instance and the gateway are healthy", report.healthy)
+    def ratio(value: float | None, scale: float) -> float | None:
+        return None if value is None else value / scale
+
+    sample("up", report.healthy)
     for g in report.gpus:
         labels = dict(gpu=g.label, uuid=g.uuid or "", name=g.name)
-        sample("gpu_memory_used_bytes", "GPU memory in use", g.memory_used, **labels)
-        sample("gpu_memory_total_bytes", "GPU memory in all", g.memory_total, **labels)
-        sample(
-            "gpu_utilization_ratio",
-            "GPU busy fraction over NVML's last sample period",
-            None if g.utilization is None else g.utilization / 100,
-            **labels,
-        )
-        sample("gpu_temperature_celsius", "GPU temperature", g.temperature, **labels)
-        sample("gpu_power_watts", "GPU power draw", g.power, **labels)
+        sample("gpu_memory_used_bytes", g.memory_used, **labels)
+        sample("gpu_memory_total_bytes", g.memory_total, **labels)
+        sample("gpu_utilization_ratio", ratio(g.utilization, 100), **labels)
+        sample("gpu_temperature_celsius", g.temperature, **labels)
+        sample("gpu_power_watts", g.power, **labels)
     for i in report.instances:
         labels = dict(instance=i.name, address=i.address)
-        sample("instance_up", "1 when the instance answers GET /api/version", i.healthy, **labels)
-        sample(
-            "instance_probe_seconds",
-            "GET /api/version round trip",
-            None if i.latency_ms is None else i.latency_ms / 1000,
-            **labels,
-        )
-        sample("instance_uptime_seconds", "seconds since the instance process started", i.uptime_s, **labels)
-        sample("instance_models_loaded", "models the instance holds (GET /api/ps)", len(i.models), **labels)
-        if i.healthy and i.placed:
-            sample(
-                "instance_models_missing",
-                "models placed on the instance that it does not hold",
-                len(i.missing),
-                **labels,
-            )
-        if i.healthy:
-            sample(
-                "instance_models_stray", "models the instance holds that are placed elsewhere", len(i.stray), **labels
-            )
-        if i.gateway is not None:
-            sample(
-                "instance_queued",
-                "requests waiting at the gateway for this instance (HAProxy)",
-                i.gateway.queued,
-                **labels,
-            )
-            sample(
-                "instance_in_flight",
-                "requests the instance serves now, as the gateway counts them (HAProxy)",
-                i.gateway.in_flight,
-                **labels,
-            )
+        sample("instance_up", i.healthy, **labels)
+        sample("instance_probe_seconds", ratio(i.latency_ms, 1000), **labels)
+        sample("instance_uptime_seconds", i.uptime_s, **labels)
+        sample("instance_models_loaded", len(i.models), **labels)
+        sample("instance_models_missing", len(i.missing) if i.healthy and i.placed else None, **labels)
+        sample("instance_models_stray", len(i.stray) if i.healthy else None, **labels)
+        sample("instance_queued", i.gateway.queued if i.gateway else None, **labels)
+        sample("instance_in_flight", i.gateway.in_flight if i.gateway else None, **labels)
         for m in i.models:
-            sample("model_vram_bytes", "GPU memory a loaded model holds", m.size_vram, instance=i.name, model=m.name)
-            sample("model_size_bytes", "memory a loaded model holds in all", m.size, instance=i.name, model=m.name)
+            sample("model_vram_bytes", m.size_vram, instance=i.name, model=m.name)
+            sample("model_size_bytes", m.size, instance=i.name, model=m.name)
     if report.gateway.engine is not None:
         labels = dict(engine=report.gateway.engine, listen=report.gateway.listen or "")
-        sample("gateway_up", "1 when the gateway answers", report.gateway.up, **labels)
-        sample(
-            "gateway_queued",
-            "requests waiting at the gateway for a free instance (HAProxy)",
-            report.gateway.queued,
-            **labels,
-        )
+        sample("gateway_up", report.gateway.up, **labels)
+        sample("gateway_queued", report.gateway.queued, **labels)
     lines = []
-    for metric, (help_, samples) in metrics.items():
-        lines += [f"# HELP ollama_fleet_{metric} {help_}", f"# TYPE ollama_fleet_{metric} gauge", *samples]
+    for metric, found in samples.items():
+        lines += [f"# HELP ollama_fleet_{metric} {GAUGES[metric]}", f"# TYPE ollama_fleet_{metric} gauge", *found]
     return "\n".join(lines) + "\n"
 
 

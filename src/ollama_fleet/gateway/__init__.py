@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
@@ -22,6 +22,7 @@ class Engine(Protocol):
 
     name: str
     check_command: str  # what `--check` runs, as the user would say it ("nginx -t")
+    always_complete: bool  # renders a complete config only (no snippet for a shared server)
     # Whether `restart --rolling` of a systemd fleet can drain through it: a gateway of the
     # fleet's own (HAProxy), not the system's shared nginx.
     drains_installed: bool
@@ -103,6 +104,10 @@ class InstallLayout:
     owned: bool
     reloads: dict[str, tuple[str, ...]] = field(default_factory=dict)  # path -> systemctl args
     runtime_dir: Path | None = None  # where its runtime files are (an admin socket)
+
+    def manifest(self) -> dict[str, Any]:
+        """What the install manifest keeps of it, so later commands find and steer it."""
+        return {"prefix": self.runtime_dir, "unit": self.unit, "owned": self.owned}
 
 
 def engine_named(name: str) -> Engine:

@@ -60,6 +60,7 @@ def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
 
 class Haproxy:
     name = "haproxy"
+    always_complete = True
     check_command = "haproxy -c"
     drains_installed = True  # its runtime API, in RUN_DIR
 

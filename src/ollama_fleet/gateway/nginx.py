@@ -30,6 +30,7 @@ def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
 
 class Nginx:
     name = "nginx"
+    always_complete = False
     check_command = "nginx -t"
     drains_installed = False  # the system's nginx serves others too: `restart --rolling` leaves it alone
 
