@@ -133,6 +133,7 @@ def start_instances(count: int, **env: str):
         subprocess.Popen(
             [sys.executable, str(FAKE_OLLAMA), "serve"],
             env={"PATH": os.environ["PATH"], "HOME": fake_home(), "OLLAMA_HOST": f"127.0.0.1:{base + k}", **env},
+            stdout=subprocess.DEVNULL,  # its key-generation notice, as Ollama prints it
             stderr=subprocess.DEVNULL,
         )
         for k in range(count)
