@@ -59,7 +59,8 @@ def plan_command(cfg: FleetConfig, *, json_: JsonOpt = False) -> None:
     if json_:
         print_json(plan_json(result))
     else:
-        out.print(plan_view(result))
+        for part in plan_view(result):
+            out.print(part, soft_wrap=True)
 
 
 RENDER_SETTINGS = ("gpus", "gpus_per_instance", "base_port", "state_dir", "env", "models", *GATEWAY_SETTINGS[2:])

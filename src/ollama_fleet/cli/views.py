@@ -45,7 +45,7 @@ def gpus_table(found: Discovery) -> Table:
     return table
 
 
-def plan_view(result: Plan) -> Group:
+def plan_view(result: Plan) -> list[Any]:
     md = result.models_dir
     state = Text(f"owner {md.owner}") if md.exists else Text.assemble(("missing", "red"), ": `up` will refuse to start")
     table = Table("instance", "GPUs", "address", "CUDA_VISIBLE_DEVICES")
@@ -62,12 +62,13 @@ def plan_view(result: Plan) -> Group:
         for k, v in result.instances[0].env.items()
         if k not in ("CUDA_VISIBLE_DEVICES", "OLLAMA_HOST") and all(i.env.get(k) == v for i in result.instances)
     }
-    return Group(
+    # Printed one by one, soft-wrapped: the env line is copied and pasted, never cut.
+    return [
         Text.assemble(f"models dir: {md.path} (", state, ")"),
         table,
         Text(f"logs: {result.instances[0].log.parent}/<instance>.log"),
         Text("every instance also gets: " + " ".join(f"{k}={v}" for k, v in shared.items())),
-    )
+    ]
 
 
 _COLORS = ["cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta"]
