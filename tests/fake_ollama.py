@@ -697,39 +697,30 @@ def discover() -> None:
     vulkan_on = os.environ.get("OLLAMA_VULKAN", "").strip().lower() not in ("0", "false", "f")
     own = {pci for _, _, pci in cuda}
     vulkan = [(k, pci) for k, (_, pci) in enumerate(gpus) if vulkan_on and pci not in own]
-    name = "NVIDIA GeForce RTX 4090"
-    for n, (token, _uuid, pci) in enumerate(cuda):
-        log(
-            "inference compute",
-            id=n,
-            filter_id=token,
-            library="CUDA",
-            compute="8.9",
-            name=f"CUDA{n}",
-            description=name,
-            libdirs="ollama,cuda_v13",
-            driver="13.0",
-            pci_id=pci,
-            type="discrete",
-            total="23.5 GiB",
-            available="23.1 GiB",
-        )
-    for n, (k, pci) in enumerate(vulkan):
-        log(
-            "inference compute",
-            id=n,
-            filter_id=k,
-            library="Vulkan",
-            compute="0.0",
-            name=f"Vulkan{n}",
-            description=name,
-            libdirs="ollama,vulkan",
-            driver="0.0",
-            pci_id=pci,
-            type="discrete",
-            total="24.0 GiB",
-            available="23.6 GiB",
-        )
+    # (library, compute, libdirs, driver, total, available) as each backend reports a 4090.
+    backends = {
+        "CUDA": ("8.9", "ollama,cuda_v13", "13.0", "23.5 GiB", "23.1 GiB"),
+        "Vulkan": ("0.0", "ollama,vulkan", "0.0", "24.0 GiB", "23.6 GiB"),
+    }
+    found = [("CUDA", token, pci) for token, _uuid, pci in cuda] + [("Vulkan", k, pci) for k, pci in vulkan]
+    for library in backends:
+        for n, (_lib, filter_id, pci) in enumerate(d for d in found if d[0] == library):
+            compute, libdirs, driver, total, available = backends[library]
+            log(
+                "inference compute",
+                id=n,
+                filter_id=filter_id,
+                library=library,
+                compute=compute,
+                name=f"{library}{n}",
+                description="NVIDIA GeForce RTX 4090",
+                libdirs=libdirs,
+                driver=driver,
+                pci_id=pci,
+                type="discrete",
+                total=total,
+                available=available,
+            )
     if not cuda and not vulkan:
         log(
             "inference compute",

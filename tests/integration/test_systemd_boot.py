@@ -163,6 +163,15 @@ class Container:
             assert proc.returncode == 0, f"{' '.join(argv)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         return proc
 
+    def spawn(self, *argv: str) -> subprocess.Popen:
+        """A command inside, in the background (a probe or a load), its stdout piped."""
+        return subprocess.Popen(
+            ["nsenter", "-t", str(self.pid1), "-a", "env", "-i", f"PATH={PATH}", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def stop(self) -> None:
         """SIGTERM makes nspawn shut the container down cleanly; SIGKILL after 30 s."""
         if self.proc.poll() is None:
@@ -303,23 +312,7 @@ def test_the_operators_path_under_a_real_systemd(box: Container) -> None:
 
     # The gateway moves from nginx to HAProxy under a probe every 20 ms: never refused.
     box.run("rm", "-f", "/tmp/probe-stop")
-    probe = subprocess.Popen(
-        [
-            "nsenter",
-            "-t",
-            str(box.pid1),
-            "-a",
-            "env",
-            "-i",
-            f"PATH={PATH}",
-            "/opt/ollama-fleet/bin/python",
-            "-c",
-            PROBE,
-            "60",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    probe = box.spawn("/opt/ollama-fleet/bin/python", "-c", PROBE, "60")
     try:
         time.sleep(1)
         switched = box.run(*INSTALL, "--engine", "haproxy", **FAKE_ENV)
@@ -333,32 +326,20 @@ def test_the_operators_path_under_a_real_systemd(box: Container) -> None:
     assert box.run("systemctl", "is-active", "ollama-fleet-gateway.service").stdout.strip() == "active"
 
     # A rolling restart under streamed load: no stream cut, no request lost.
-    bench = subprocess.Popen(
-        [
-            "nsenter",
-            "-t",
-            str(box.pid1),
-            "-a",
-            "env",
-            "-i",
-            f"PATH={PATH}",
-            FLEET,
-            "bench",
-            "--url",
-            "http://127.0.0.1:8080",
-            "--model",
-            "llama3.2",
-            "-c",
-            "4",
-            "--duration",
-            "12",
-            "--num-predict",
-            "40",
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    bench = box.spawn(
+        FLEET,
+        "bench",
+        "--url",
+        "http://127.0.0.1:8080",
+        "--model",
+        "llama3.2",
+        "-c",
+        "4",
+        "--duration",
+        "12",
+        "--num-predict",
+        "40",
+        "--json",
     )
     time.sleep(1)
     rolled = box.run(FLEET, "restart", "--rolling", **FAKE_ENV)
