@@ -553,20 +553,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             choice = {"index": 0, "text": token, "finish_reason": None}
             obj = "text_completion"
-        return (
-            b"data: "
-            + dumps(
-                {
-                    "id": "chatcmpl-1",
-                    "object": obj,
-                    "created": int(time.time()),
-                    "model": model,
-                    "system_fingerprint": "fp_ollama",
-                    "choices": [choice],
-                }
-            ).encode()
-            + b"\n\n"
-        )
+        return b"data: " + dumps(openai_body(obj, model, choice)).encode() + b"\n\n"
 
     def _final(
         self, kind: str, model: str, text: str, count: int, elapsed: float, load: float, stream: bool, thought: str = ""
@@ -609,18 +596,23 @@ class Handler(BaseHTTPRequestHandler):
         else:
             choice = {"index": 0, "text": "" if stream else text, "finish_reason": "stop"}
             obj = "text_completion"
-        body = {
-            "id": "chatcmpl-1",
-            "object": obj,
-            "created": int(time.time()),
-            "model": model,
-            "system_fingerprint": "fp_ollama",
-            "choices": [choice],
-        }
+        body = openai_body(obj, model, choice)
         if not stream:
             body["usage"] = usage
             return dumps(body).encode()
         return b"data: " + dumps(body).encode() + b"\n\n"
+
+
+def openai_body(obj: str, model: str, choice: dict) -> dict:
+    """The envelope of every OpenAI-compatible answer and chunk (openai/openai.go)."""
+    return {
+        "id": "chatcmpl-1",
+        "object": obj,
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_ollama",
+        "choices": [choice],
+    }
 
 
 def tag(model: str) -> dict:

@@ -249,24 +249,27 @@ def test_model_names_compare_as_ollama_reads_them(fake) -> None:
         assert answer.status_code == 200, name
 
 
+def serve_with_log(port: int, **env: str) -> subprocess.Popen:
+    """One fake `ollama serve` whose log (stderr) the test reads line by line."""
+    return subprocess.Popen(
+        [sys.executable, str(FAKE_OLLAMA), "serve"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": fake_home(), "OLLAMA_HOST": f"127.0.0.1:{port}", **env},
+    )
+
+
 def test_it_binds_before_discovery_and_answers_after(tmp_path) -> None:
     """server/routes.go Serve: the port is bound at once; a request sent during GPU
     discovery waits in the backlog and is answered when discovery ends, never refused."""
     from tests.helpers import free_port_range
 
     port = free_port_range(1)
-    proc = subprocess.Popen(
-        [sys.executable, str(FAKE_OLLAMA), "serve"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "HOME": fake_home(),
-            "OLLAMA_HOST": f"127.0.0.1:{port}",
-            "FAKE_OLLAMA_STARTUP_S": "1.5",
-            "CUDA_VISIBLE_DEVICES": "GPU-00000002-1111-2222-3333-444444444444",
-            "OLLAMA_VULKAN": "0",
-        },
+    proc = serve_with_log(
+        port,
+        FAKE_OLLAMA_STARTUP_S="1.5",
+        OLLAMA_VULKAN="0",
+        CUDA_VISIBLE_DEVICES="GPU-00000002-1111-2222-3333-444444444444",
     )
     try:
         assert proc.stderr is not None
@@ -297,18 +300,7 @@ def test_inference_compute_lines(env: dict, libraries: list[str]) -> None:
     from tests.helpers import free_port_range
 
     port = free_port_range(1)
-    proc = subprocess.Popen(
-        [sys.executable, str(FAKE_OLLAMA), "serve"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "HOME": fake_home(),
-            "OLLAMA_HOST": f"127.0.0.1:{port}",
-            "FAKE_OLLAMA_GPUS": "3",
-            **env,
-        },
-    )
+    proc = serve_with_log(port, FAKE_OLLAMA_GPUS="3", **env)
     try:
         assert proc.stderr is not None
         lines = [proc.stderr.readline() for _ in range(1 + len(libraries))]
