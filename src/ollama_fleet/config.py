@@ -23,6 +23,7 @@ from pydantic import (
 from ollama_fleet.errors import BadInput
 from ollama_fleet.names import canonical
 from ollama_fleet.values import (
+    BoxUrl,
     Listen,
     Model,
     Network,
@@ -32,7 +33,10 @@ from ollama_fleet.values import (
     go_duration,
     model_name,
     model_pairs,
+    box_name,
     parse_listen,
+    parse_resolver,
+    srv_name,
     split_list,
     unloads_at_once,
 )
@@ -43,6 +47,8 @@ else:  # pragma: no cover - Ubuntu 22.04 ships Python 3.10
     import tomli as tomllib
 
 CONFIG_FILE_NAME = "ollama-fleet.toml"
+# Settings whose flag is not `--` + their name (a repeated flag reads better singular).
+FLAGS = {"gateway": "--no-gateway", "boxes": "--box"}
 ENV_PREFIX = "OLLAMA_FLEET_"
 
 # Variables the fleet sets on every instance itself, and the setting that controls each.
@@ -118,6 +124,23 @@ class FleetConfig(BaseModel):
     tls_key: SafePath | None = Field(
         None, validate_default=True, description="TLS private key for the gateway (with tls_cert)"
     )
+    name: Annotated[str, AfterValidator(box_name)] | None = Field(
+        None, description="this box's name in its `/fleet/info` and at a front (default: the host name)"
+    )
+    boxes: tuple[BoxUrl, ...] = Field(
+        (),
+        description="front: the boxes' gateways, `URL` or `URL,slots=N` for a plain Ollama (repeatable), TOML `boxes`",
+    )
+    box_srv: Annotated[str, AfterValidator(srv_name)] | None = Field(
+        None, description="front: boxes from DNS SRV records (`_ollama-fleet._tcp.example.com`), with box_slots"
+    )
+    box_slots: int | None = Field(None, ge=1, le=4096, validate_default=True, description="front: slots of each box found by box_srv")
+    resolver: Annotated[Listen, BeforeValidator(parse_resolver)] | None = Field(
+        None, description="front: the DNS server for box_srv, `IP[:PORT]` (default: /etc/resolv.conf)"
+    )
+    box_key_file: SafePath | None = Field(
+        None, description="front: file holding the API key the front presents to the boxes"
+    )
 
     @field_validator("gpus", mode="before")
     @classmethod
@@ -138,6 +161,12 @@ class FleetConfig(BaseModel):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return split_list(value)
+
+    @field_validator("boxes", mode="before")
+    @classmethod
+    def _boxes(cls, value: Any) -> Any:
+        # A variable separates boxes by spaces: a comma belongs to `URL,slots=N`.
+        return value.split() if isinstance(value, str) else value
 
     @field_validator("env")
     @classmethod
@@ -178,6 +207,13 @@ class FleetConfig(BaseModel):
     def _size(cls, value: str) -> str:
         if not _SIZE.fullmatch(value):
             raise ValueError("expected a size such as 100m, 512k or 1g")
+        return value
+
+    @field_validator("box_slots")
+    @classmethod
+    def _srv_slots(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if (info.data.get("box_srv") is None) != (value is None):
+            raise ValueError("box_srv and box_slots go together: boxes found in DNS cannot be asked their slots")
         return value
 
     @field_validator("tls_key")
@@ -257,7 +293,7 @@ def load_config(
         },
         lambda key: ENV_PREFIX + key.upper(),
     )
-    layer({k: v for k, v in (flags or {}).items() if v is not None}, lambda key: "--" + key.replace("_", "-"))
+    layer({k: v for k, v in (flags or {}).items() if v is not None}, flag_of)
 
     try:
         config = FleetConfig.model_validate(merged)
@@ -304,6 +340,10 @@ def _error_line(error: Mapping[str, Any], origin: Mapping[str, str]) -> str:
     return f"{field}: {message}" + (f" [from {source}]" if source else "")
 
 
+def flag_of(name: str) -> str:
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
 def reference_table() -> str:
     """The README's settings reference, generated from FleetConfig (a test keeps them equal)."""
     rows = ["| setting (TOML key) | flag | environment variable | default | meaning |", "|---|---|---|---|---|"]
@@ -316,6 +356,6 @@ def reference_table() -> str:
         elif isinstance(default, bool):
             default = str(default).lower()
         default = "see meaning" if default is None else f"`{default}`"
-        flag = "--no-gateway" if name == "gateway" else "--" + name.replace("_", "-")
+        flag = flag_of(name)
         rows.append(f"| `{name}` | `{flag}` | `{ENV_PREFIX}{name.upper()}` | {default} | {field.description} |")
     return "\n".join(rows) + "\n"

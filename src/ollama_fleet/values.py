@@ -165,3 +165,91 @@ def parse_listen(value: Any) -> Any:
     if not 1 <= port <= 65535:
         raise ValueError("port must be between 1 and 65535")
     return {"host": host, "port": port}
+
+
+# A DNS host name (RFC 1123 labels) or an IP address: what a box URL or a resolver may name.
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+# `_service._proto.domain`, as SRV records are named (RFC 2782).
+_SRV = re.compile(r"_[A-Za-z0-9-]{1,62}\._(tcp|udp)\.[A-Za-z0-9.-]{1,200}")
+# A box's name (its /fleet/info and the front's server name): no quote, space or `/`.
+_BOX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
+
+
+def box_name(value: str) -> str:
+    if not _BOX_NAME.fullmatch(value):
+        raise ValueError("a name is 1-63 of A-Z a-z 0-9 . _ : - (starting with a letter or digit)")
+    return value
+
+
+def srv_name(value: str) -> str:
+    if not _SRV.fullmatch(value):
+        raise ValueError("expected an SRV name like _ollama-fleet._tcp.example.com")
+    return value
+
+
+class Box(BaseModel):
+    """One box of a front: a fleet's gateway (or a plain Ollama) at `url`. `slots` given means
+    the box is not asked for its /fleet/info (a plain Ollama, or a box that does not describe
+    itself)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    scheme: str
+    host: str
+    port: int
+    slots: int | None = Field(None, ge=1, le=4096)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def parse_box(value: Any) -> Any:
+    """`URL[,slots=N]` (a flag, a variable's item or a TOML string), or a TOML table
+    `{url = "...", slots = N}`."""
+    if isinstance(value, Box):
+        return value
+    if isinstance(value, dict):
+        extra = {k: v for k, v in value.items() if k != "url"}
+        text = str(value.get("url", ""))
+    else:
+        text, *options = str(value).strip().split(",")
+        extra = {}
+        for option in options:
+            key, sep, val = option.strip().partition("=")
+            if key != "slots" or not sep:
+                raise ValueError(f"{option.strip()!r} is not an option of a box (only slots=N)")
+            extra["slots"] = val
+    match = re.fullmatch(r"(?P<scheme>https?)://(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^/:\[\]]+))(?::(?P<port>\d+))?/?", text)
+    if not match:
+        raise ValueError(f"{text[:60]!r} is not a box URL like http://10.0.0.2:8080")
+    host = match["v6"] or match["host"]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError(f"{host[:60]!r} is neither an IP address nor a host name") from None
+    port = int(match["port"] or (443 if match["scheme"] == "https" else 80))
+    if not 1 <= port <= 65535:
+        raise ValueError("port must be between 1 and 65535")
+    return {"scheme": match["scheme"], "host": host, "port": port, **extra}
+
+
+BoxUrl = Annotated[Box, BeforeValidator(parse_box)]
+
+
+def parse_resolver(value: Any) -> Any:
+    """`IP[:PORT]` of a DNS server (port 53 unless given)."""
+    if isinstance(value, (Listen, dict)):
+        return value
+    text = str(value).strip()
+    if not re.fullmatch(r"([0-9.]+|\[[0-9a-fA-F:.]+\])(:\d+)?", text):
+        raise ValueError("expected IP[:PORT] of a DNS server, e.g. 10.0.0.53 or 10.0.0.53:5353")
+    return parse_listen(text if re.search(r"(^[0-9.]+|\]):\d+$", text) else f"{text}:53")

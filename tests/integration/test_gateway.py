@@ -3,6 +3,7 @@ instances: the behaviour both engines share runs against each."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -19,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import ollama_fleet
 import ollama
 import pytest
 from hypothesis import HealthCheck, given, reject, settings
@@ -548,6 +550,57 @@ def test_nginx_sends_requests_again_at_once_when_instances_come_back() -> None:
         while httpx.get(gateway.url + "/api/version").status_code != 200:
             assert time.monotonic() - back < 4, "nginx still holds the instances down"
             time.sleep(0.05)
+    finally:
+        gateway.close()
+        stop(procs)
+
+
+def test_fleet_info_describes_the_box_and_answers_while_every_slot_is_busy(tmp_path: Path, engine: str) -> None:
+    """A front checks /fleet/info every second: a box whose every slot is busy (and, on
+    HAProxy, whose queue is long) must still answer it at once, behind its allowlist and keys."""
+    keys = tmp_path / "keys"
+    keys.write_text("sk-fleet-0123456789\n")
+    auth = {"Authorization": "Bearer sk-fleet-0123456789"}
+    base, procs = start_instances(2, FAKE_OLLAMA_TPS="5", FAKE_OLLAMA_TOKENS="40", OLLAMA_NUM_PARALLEL="2")
+    placement = ["--models", "qwen3=gpu1"] if engine == "haproxy" else []
+    gateway = Gateway(
+        base, 2, "--env", "OLLAMA_NUM_PARALLEL=2", "--name", "box-a", "--api-keys-file", str(keys), *placement,
+        engine=engine,
+    )
+    streams: list[threading.Thread] = []
+    try:
+        info = httpx.get(gateway.url + "/fleet/info", headers=auth)
+        assert info.status_code == 200 and info.headers["content-type"].startswith("application/json")
+        assert info.json() == {
+            "schema": 1,
+            "name": "box-a",
+            "version": ollama_fleet.__version__,
+            "slots": 4,
+            "instances": [{"name": "gpu0", "slots": 2}, {"name": "gpu1", "slots": 2}],
+            "models": {"qwen3:latest": 2} if engine == "haproxy" else {},
+        }
+
+        def hold() -> None:  # 8 s of tokens each; cut when the test ends
+            body = {"model": "llama3.2", "prompt": "x"}
+            with contextlib.suppress(httpx.HTTPError):
+                with httpx.stream("POST", gateway.url + "/api/generate", json=body, headers=auth, timeout=30) as r:
+                    for _ in r.iter_lines():
+                        pass
+
+        streams = [threading.Thread(target=hold, daemon=True) for _ in range(8)]  # 4 slots busy, 4 more waiting
+        for t in streams:
+            t.start()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and sum(
+            httpx.get(f"http://127.0.0.1:{base + k}/_fake/stats").json()["busy"] for k in range(2)
+        ) < 4:
+            time.sleep(0.05)
+        started = time.monotonic()
+        assert httpx.get(gateway.url + "/fleet/info", headers=auth, timeout=5).status_code == 200
+        assert time.monotonic() - started < 0.5
+        assert httpx.get(gateway.url + "/fleet/info").status_code == 401
+        other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+        assert other.get(gateway.url + "/fleet/info", headers=auth).status_code == 403
     finally:
         gateway.close()
         stop(procs)

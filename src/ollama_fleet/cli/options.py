@@ -11,7 +11,7 @@ from typing import Annotated, Any, get_origin
 
 import typer
 
-from ollama_fleet.config import FleetConfig, load_config
+from ollama_fleet.config import FleetConfig, flag_of, load_config
 
 # How each setting's value looks on the command line (help text's placeholders).
 METAVARS = {
@@ -38,6 +38,12 @@ METAVARS = {
     "models": "MODEL=INSTANCES",
     "tls_cert": "PATH",
     "tls_key": "PATH",
+    "name": "NAME",
+    "boxes": "URL[,slots=N]",
+    "box_srv": "NAME",
+    "box_slots": "N",
+    "resolver": "IP[:PORT]",
+    "box_key_file": "PATH",
 }
 # The settings of the fleet's instances and of its gateway, as most commands take them.
 INSTANCE_SETTINGS = (
@@ -62,6 +68,7 @@ GATEWAY_SETTINGS = (
     "tls_cert",
     "tls_key",
     "metrics_port",
+    "name",
 )
 
 ConfigOpt = Annotated[
@@ -86,10 +93,9 @@ def setting_option(name: str, help_text: str | None = None) -> Any:
     text = help_text or f"{field.description}{shown}"
     if field.annotation is bool:
         return Annotated[bool | None, typer.Option(f"--{name}/--no-{name}", help=text, show_default=False)]
-    repeats = get_origin(field.annotation) in (tuple, dict) or name == "allow"
+    repeats = get_origin(field.annotation) in (tuple, dict) or name in ("allow", "boxes")
     kind: Any = list[str] | None if repeats else str | None
-    flag = "--" + name.replace("_", "-")
-    return Annotated[kind, typer.Option(flag, help=text, metavar=METAVARS[name], show_default=False)]
+    return Annotated[kind, typer.Option(flag_of(name), help=text, metavar=METAVARS[name], show_default=False)]
 
 
 def _default_text(value: Any) -> str:

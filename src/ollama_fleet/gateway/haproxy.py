@@ -116,6 +116,7 @@ class Haproxy:
             tls=spec.tls,
             metrics_port=spec.metrics_port,
             models=spec.models,
+            info=spec.info,
             model_paths=MODEL_PATHS,
             prefix=prefix,
             config=config,

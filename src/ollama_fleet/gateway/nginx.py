@@ -166,4 +166,5 @@ def _context(spec: GatewaySpec) -> dict:
         "max_body_size": spec.max_body_size,
         "tls": spec.tls,
         "drained": spec.drained,
+        "info": spec.info,
     }

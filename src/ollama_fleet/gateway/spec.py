@@ -5,7 +5,9 @@ files), so the templates only ever see checked values."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+import socket
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -58,6 +60,10 @@ class GatewaySpec(BaseModel):
     metrics_port: int = 8405
     models: tuple[ModelRoute, ...] = ()
     drained: tuple[str, ...] = ()  # instances sent no new request (a rolling restart)
+    # GET /fleet/info: the box described to a front (fleet_info()), JSON the gateway
+    # answers itself, so it never waits for a slot. In the config, so the description and
+    # the routing it describes are always the same render.
+    info: str = "{}"
 
     def redacted(self) -> GatewaySpec:
         return self.model_copy(update={"api_keys": tuple(REDACTED for _ in self.api_keys)})
@@ -110,6 +116,7 @@ def spec_from(config: FleetConfig, plan: Plan) -> GatewaySpec:
         for model, placed in plan.models.items()
     )
     return GatewaySpec(
+        info=fleet_info(config.name or host_name(), tuple(backends.values()), routes),
         instances=tuple(backends.values()),
         models=routes,
         listen=config.listen,
@@ -121,6 +128,31 @@ def spec_from(config: FleetConfig, plan: Plan) -> GatewaySpec:
         tls=tls,
         metrics_port=config.metrics_port,
     )
+
+
+INFO_SCHEMA = 1
+
+
+def fleet_info(name: str, instances: tuple[Backend, ...], models: tuple[ModelRoute, ...]) -> str:
+    """What `GET /fleet/info` answers (README: "A box describes itself"): the box's slots,
+    per instance and per placed model, which a front turns into its servers' maxconn."""
+    from ollama_fleet import __version__
+
+    info = {
+        "schema": INFO_SCHEMA,
+        "name": name,
+        "version": __version__,
+        "slots": sum(i.slots for i in instances),
+        "instances": [{"name": i.name, "slots": i.slots} for i in instances],
+        "models": {route.model: sum(i.slots for i in route.instances) for route in models},
+    }
+    return json.dumps(info, separators=(",", ":"))
+
+
+def host_name() -> str:
+    """This machine's short host name, as a box name (anything a name may not hold dropped)."""
+    short = re.sub(r"[^A-Za-z0-9._:-]", "", socket.gethostname().split(".")[0])[:63].lstrip("._:-")
+    return short or "box"
 
 
 def _slots(env: dict[str, str]) -> int:
