@@ -18,7 +18,10 @@ FAKE_OLLAMA_TOKENS (tokens per reply unless options.num_predict, 20), FAKE_OLLAM
 *embed* are embedding-only), FAKE_OLLAMA_THINKING (comma-separated models that think by
 default, "qwen3"), FAKE_OLLAMA_ERROR_AFTER (send an {"error"} line after this many tokens
 of a stream), FAKE_OLLAMA_GPUS (the box's GPUs, as the fake pynvml numbers them, 8),
-FAKE_OLLAMA_NO_CUDA=1 (the CUDA library fails: no GPU found), FAKE_OLLAMA_VERSION.
+FAKE_OLLAMA_NO_CUDA=1 (the CUDA library fails: no GPU found), FAKE_OLLAMA_VERSION,
+FAKE_OLLAMA_REGISTRY (the models /api/pull finds; a pull writes a manifest into
+OLLAMA_MODELS, so every instance sharing the dir has the model), FAKE_OLLAMA_PULL_S (seconds
+a pull takes, 0.3).
 
 Each behaviour copied from Ollama names the file and function of ollama/ollama (v0.33.0-rc2,
 fb30760) it follows.
@@ -29,6 +32,7 @@ concurrency, loads, requests, served).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -76,6 +80,42 @@ MODELS = [
     for m in os.environ.get("FAKE_OLLAMA_MODELS", "llama3.2:latest,qwen3:latest,nomic-embed-text:latest").split(",")
     if m
 ]
+# What `/api/pull` finds at the registry, and how long one pull takes.
+REGISTRY = {
+    normalize(m)
+    for m in os.environ.get("FAKE_OLLAMA_REGISTRY", "llama3.2,qwen3,nomic-embed-text,tinyllama,gemma3").split(",")
+    if m
+}
+PULL_S = float(os.environ.get("FAKE_OLLAMA_PULL_S") or 0.3)
+
+
+def manifest_path(model: str) -> str | None:
+    """Where a pulled model's manifest lives under OLLAMA_MODELS (types/model/name.go
+    Filepath: host/namespace/model/tag under manifests/)."""
+    root = os.environ.get("OLLAMA_MODELS")
+    if not root:
+        return None
+    name, _, tag = model.rpartition(":")
+    parts = name.split("/")
+    if len(parts) == 1:
+        parts = ["registry.ollama.ai", "library", *parts]
+    elif len(parts) == 2:
+        parts = ["registry.ollama.ai", *parts]
+    return os.path.join(root, "manifests", *parts, tag)
+
+
+def models_present() -> list[str]:
+    """The models this instance has: FAKE_OLLAMA_MODELS plus every manifest a pull wrote to
+    the models dir it shares with the fleet's other instances (Ollama reads the dir on each
+    request, server/routes.go ListHandler)."""
+    found = list(MODELS)
+    for model in sorted(REGISTRY):
+        path = manifest_path(model)
+        if model not in found and path is not None and os.path.exists(path):
+            found.append(model)
+    return found
+
+
 THINKING = {normalize(m) for m in os.environ.get("FAKE_OLLAMA_THINKING", "qwen3").split(",") if m}
 ERROR_AFTER = int(os.environ.get("FAKE_OLLAMA_ERROR_AFTER") or -1)
 
@@ -335,7 +375,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         routes = {
             "/api/version": lambda: {"version": VERSION},
-            "/api/tags": lambda: {"models": [tag(m) for m in MODELS]},
+            "/api/tags": lambda: {"models": [tag(m) for m in models_present()]},
             "/api/ps": lambda: {"models": ENGINE.ps()},
             "/_fake/env": lambda: START_ENV,
             "/_fake/stats": lambda: {
@@ -364,6 +404,8 @@ class Handler(BaseHTTPRequestHandler):
         if body is None:
             return
         path = self.path.split("?")[0]
+        if path == "/api/pull":
+            return self._pull(body)
         kinds = {
             "/api/generate": "generate",
             "/api/chat": "chat",
@@ -379,7 +421,7 @@ class Handler(BaseHTTPRequestHandler):
         if kind is None:
             return self._not_found()
         model = normalize(str(body.get("model") or body.get("name") or ""))
-        if model not in MODELS:
+        if model not in models_present():
             # Ollama's exact body; the OpenAI layer wraps it in its own error object.
             message = f"model '{body.get('model') or body.get('name') or ''}' not found"
             if kind.startswith("openai"):
@@ -426,6 +468,43 @@ class Handler(BaseHTTPRequestHandler):
             pass  # the client went away: stop generating, free the slot
         finally:
             ENGINE.release()
+
+    def _pull(self, body: dict) -> None:
+        """server/routes.go PullHandler + server/images.go PullModel: NDJSON progress
+        ("pulling manifest", "pulling <digest[7:19]>" with total/completed as
+        server/download.go reports them, "verifying sha256 digest", "writing manifest",
+        "success"), or one {"error"} line when the registry has no such model. With
+        "stream": false, only the last line (waitForStream)."""
+        requested = str(body.get("model") or body.get("name") or "")
+        if not requested:
+            return self._json(400, {"error": "model is required"})
+        model = normalize(requested)
+        digest = "sha256:" + hashlib.sha256(model.encode()).hexdigest()
+        total = 4_000_000
+        if model in REGISTRY:
+            lines: list[dict] = [{"status": "pulling manifest"}]
+            lines += [
+                {"status": f"pulling {digest[7:19]}", "digest": digest, "total": total, "completed": total * k // 4}
+                for k in range(1, 5)
+            ]
+            lines += [{"status": "verifying sha256 digest"}, {"status": "writing manifest"}, {"status": "success"}]
+        else:
+            lines = [{"status": "pulling manifest"}, {"error": "pull model manifest: file does not exist"}]
+        if body.get("stream") is False:
+            last = lines[-1]
+            return self._json(500 if "error" in last else 200, last)
+        self._start_stream("application/x-ndjson")
+        for line in lines:
+            if line.get("status") == "writing manifest":
+                path = manifest_path(model)
+                if path is not None:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    with open(path, "w") as fh:
+                        json.dump({"schemaVersion": 2, "layers": [{"digest": digest, "size": total}]}, fh)
+            self._chunk(dumps(line).encode() + b"\n")
+            self.wfile.flush()
+            time.sleep(PULL_S / len(lines))
+        self._end_stream()
 
     def _compat(self, kind: str, model: str, body: dict) -> dict:
         """/v1/responses (OpenAI Responses) and /v1/messages (Anthropic Messages), not

@@ -352,3 +352,25 @@ def test_it_writes_its_key_first_and_exits_when_it_cannot(tmp_path) -> None:
         timeout=10,
     )
     assert missing.returncode == 1 and "Error: $HOME is not defined" in missing.stderr
+
+
+def test_a_pull_streams_progress_and_every_instance_sharing_the_models_dir_has_the_model(tmp_path) -> None:
+    models = str(tmp_path / "models")
+    base, procs = start_instances(2, OLLAMA_MODELS=models, FAKE_OLLAMA_PULL_S="0.1")
+    try:
+        with httpx.stream("POST", f"http://127.0.0.1:{base}/api/pull", json={"model": "TinyLlama"}) as response:
+            assert response.headers["content-type"] == "application/x-ndjson"
+            lines = [json.loads(line) for line in response.iter_lines()]
+        assert lines[0] == {"status": "pulling manifest"}
+        assert lines[-1] == {"status": "success"}
+        progress = [line for line in lines if "completed" in line]
+        assert progress and progress[-1]["completed"] == progress[-1]["total"]
+        tags = httpx.get(f"http://127.0.0.1:{base + 1}/api/tags").json()["models"]
+        assert "tinyllama:latest" in [tag["name"] for tag in tags]
+
+        unknown = httpx.post(f"http://127.0.0.1:{base}/api/pull", json={"model": "no-such-model"})
+        assert json.loads(unknown.text.splitlines()[-1]) == {"error": "pull model manifest: file does not exist"}
+        quiet = httpx.post(f"http://127.0.0.1:{base}/api/pull", json={"model": "no-such-model", "stream": False})
+        assert quiet.status_code == 500 and quiet.json() == {"error": "pull model manifest: file does not exist"}
+    finally:
+        stop(procs)
