@@ -1,12 +1,16 @@
-"""HTTP probes of instances (httpx, concurrent): readiness, version, loaded models, preload."""
+"""HTTP probes (httpx, concurrent): instances' readiness, version, loaded models, preload;
+boxes' /fleet/info and pulls."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import re
 import ssl
 import time
 from functools import lru_cache
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -192,3 +196,87 @@ def gather_facts(addresses: list[str], gateway_url: str | None, timeout: float) 
 
     facts, gateway_error = asyncio.run(run())
     return dict(zip(addresses, facts, strict=True)), gateway_error
+
+
+def _auth(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+async def _box_info(client: httpx.AsyncClient, url: str, key: str | None) -> Any:
+    import httpx
+
+    try:
+        response = await client.get(url + "/fleet/info", headers=_auth(key))
+    except httpx.HTTPError as exc:
+        return _describe(exc)
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}"
+    try:
+        return response.json()
+    except ValueError:
+        return "an answer that is not JSON"
+
+
+def box_infos(urls: list[str], key: str | None, timeout: float) -> dict[str, Any]:
+    """`GET /fleet/info` of every box at once: its JSON, or (a str) why there is none."""
+
+    async def run() -> dict[str, Any]:
+        async with httpx_client(timeout) as client:
+            found = await asyncio.gather(*(_box_info(client, url, key) for url in urls))
+        return dict(zip(urls, found, strict=True))
+
+    return asyncio.run(run()) if urls else {}
+
+
+def httpx_client(timeout: float | None) -> httpx.AsyncClient:
+    """A client for other machines: TLS verified against the system's CAs."""
+    import httpx
+
+    return httpx.AsyncClient(timeout=timeout, trust_env=False)
+
+
+async def _pull(
+    client: httpx.AsyncClient, url: str, model: str, key: str | None, report: Callable[[dict[str, Any]], None]
+) -> str | None:
+    """One box's pull, streamed (ollama/ollama server/routes.go PullHandler): each progress
+    line goes to `report`; returns the error, or None on "success"."""
+    import httpx
+
+    last: dict[str, Any] = {}
+    try:
+        async with client.stream("POST", url + "/api/pull", json={"model": model}, headers=_auth(key)) as response:
+            if response.status_code != 200:
+                await response.aread()
+                try:
+                    return str(response.json()["error"])
+                except (ValueError, KeyError, TypeError):
+                    return f"HTTP {response.status_code}"
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    last = json.loads(line)
+                except ValueError:
+                    return "an answer that is not Ollama's progress"
+                if "error" in last:
+                    return str(last["error"])
+                report(last)
+    except httpx.HTTPError as exc:
+        return _describe(exc)
+    return None if last.get("status") == "success" else "the pull ended before \"success\""
+
+
+def pull(
+    targets: dict[str, str], model: str, key: str | None, report: Callable[[str, dict[str, Any]], None]
+) -> dict[str, str | None]:
+    """Pull `model` through every target (name -> URL) at once; name -> error or None."""
+
+    async def run() -> dict[str, str | None]:
+        # No read timeout: a large model's layer may take minutes between progress lines.
+        async with httpx_client(None) as client:
+            found = await asyncio.gather(
+                *(_pull(client, url, model, key, functools.partial(report, name)) for name, url in targets.items())
+            )
+        return dict(zip(targets, found, strict=True))
+
+    return asyncio.run(run())

@@ -172,3 +172,22 @@ class GatewayState(BaseModel):
 
 def read_gateway(state_dir: Path) -> GatewayState | None:
     return _read(state_dir / GATEWAY, GatewayState)
+
+
+FRONT = "front.json"  # in <state_dir>/front, written by actions/front.py
+
+
+class FrontState(BaseModel):
+    """The front: the HAProxy `front up` runs (process None: installed under systemd), and
+    what it was rendered from (a FrontSpec, keys included: this file is then 0640)."""
+
+    process: ProcessRecord | None = None
+    unit: str | None = None  # the systemd unit, when installed
+    prefix: Path  # its admin socket and pid file
+    config: Path
+    url: str
+    spec: dict[str, Any]
+
+
+def read_front(front_dir: Path) -> FrontState | None:
+    return _read(front_dir / FRONT, FrontState)

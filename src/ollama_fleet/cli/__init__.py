@@ -37,8 +37,9 @@ def set_verbose(value: bool) -> None:
     _verbose = value
 
 
-def command(name: str) -> Callable[[F], F]:
-    """Register a command behind the one error boundary: FleetError -> one red line + exit code."""
+def command(name: str, group: typer.Typer | None = None) -> Callable[[F], F]:
+    """Register a command (on `app`, or a group of it) behind the one error boundary:
+    FleetError -> one red line + exit code."""
 
     def register(func: F) -> F:
         @functools.wraps(func)
@@ -58,7 +59,7 @@ def command(name: str) -> Callable[[F], F]:
                     err.print(f"{prefix}{escape(line)}", soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from None
 
-        app.command(name)(boundary)
+        (group or app).command(name)(boundary)
         return func
 
     return register
@@ -112,4 +113,4 @@ def main() -> None:
 
 
 # The commands register themselves on `app` when imported.
-from ollama_fleet.cli import setup, fleet, bench  # noqa: E402, F401, I001
+from ollama_fleet.cli import setup, fleet, bench, front  # noqa: E402, F401, I001

@@ -266,20 +266,38 @@ GAUGES = {
     "model_size_bytes": "memory a loaded model holds in all",
     "gateway_up": "1 when the gateway answers",
     "gateway_queued": "requests waiting at the gateway for a free instance (HAProxy)",
+    "front_up": "1 when the front runs and every box is UP",
+    "front_queued": "requests waiting at the front for any box with a free slot",
+    "front_box_up": "1 when the front sees the box UP",
+    "front_box_slots": "the box's slots: the most requests the front sends it at once",
+    "front_box_in_flight": "requests the box serves for the front now",
+    "front_box_queued": "requests waiting at the front for this very box",
 }
+
+
+class _Samples:
+    """Samples of the node-exporter textfile format, grouped by metric (one HELP/TYPE each)."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, list[str]] = {}
+
+    def __call__(self, metric: str, value: float | int | bool | None, **labels: object) -> None:
+        if value is not None:
+            self.found.setdefault(metric, []).append(f"ollama_fleet_{metric}{_labels(**labels)} {_number(value)}")
+
+    def text(self) -> str:
+        lines = []
+        for metric, found in self.found.items():
+            lines += [f"# HELP ollama_fleet_{metric} {GAUGES[metric]}", f"# TYPE ollama_fleet_{metric} gauge", *found]
+        return "\n".join(lines) + "\n"
 
 
 def prometheus(report: StatusReport) -> str:
     """The node-exporter textfile format: one HELP/TYPE block per metric, one sample each."""
-    samples: dict[str, list[str]] = {}
-
-    def sample(metric: str, value: float | int | bool | None, **labels: object) -> None:
-        if value is not None:
-            samples.setdefault(metric, []).append(f"ollama_fleet_{metric}{_labels(**labels)} {_number(value)}")
+    sample = _Samples()
 
     def ratio(value: float | None, scale: float) -> float | None:
         return None if value is None else value / scale
-
     sample("up", report.healthy)
     for g in report.gpus:
         labels = dict(gpu=g.label, uuid=g.uuid or "", name=g.name)
@@ -305,10 +323,38 @@ def prometheus(report: StatusReport) -> str:
         labels = dict(engine=report.gateway.engine, listen=report.gateway.listen or "")
         sample("gateway_up", report.gateway.up, **labels)
         sample("gateway_queued", report.gateway.queued, **labels)
-    lines = []
-    for metric, found in samples.items():
-        lines += [f"# HELP ollama_fleet_{metric} {GAUGES[metric]}", f"# TYPE ollama_fleet_{metric} gauge", *found]
-    return "\n".join(lines) + "\n"
+    return sample.text()
+
+
+def front_prometheus(data: dict[str, Any]) -> str:
+    """`front status --format prometheus`, from the status's JSON data."""
+    sample = _Samples()
+    sample("front_up", data["healthy"])
+    sample("front_queued", data["queued"])
+    for box in data["boxes"]:
+        labels = dict(box=box["name"], address=box["address"] or "")
+        sample("front_box_up", box["state"] == "UP", **labels)
+        sample("front_box_slots", box["slots"], **labels)
+        sample("front_box_in_flight", box["in_flight"], **labels)
+        sample("front_box_queued", box["queued"], **labels)
+    return sample.text()
+
+
+def front_view(data: dict[str, Any]) -> Group:
+    """`front status`: one row per box."""
+    table = _view_table(
+        "box", "address", "state", Column("slots", justify="right"), Column("in flight", justify="right"),
+        Column("queued", justify="right"), "models", title=f"front {data['url']}",
+    )
+    for box in data["boxes"]:
+        style = "green" if box["state"] == "UP" else "yellow" if box["state"] in ("DRAIN", "MAINT") else "red"
+        models = ", ".join(f"{m} ({n})" for m, n in box["models"].items()) or "any"
+        table.add_row(
+            box["name"], box["address"] or "-", Text(box["state"], style=style), str(box["slots"] or "-"),
+            str(box["in_flight"]), str(box["queued"]), models,
+        )
+    queued = "-" if data["queued"] is None else str(data["queued"])
+    return Group(table, Text(f"queued at the front for any box: {queued}"))
 
 
 def install_lines(done: Any, dry_run: bool) -> list[str]:

@@ -68,7 +68,7 @@ class Haproxy:
         return {"listen": (spec.listen.host, spec.listen.port), "metrics_port": ("127.0.0.1", spec.metrics_port)}
 
     def install_layout(self, spec: GatewaySpec) -> InstallLayout:
-        content = self.render(spec, standalone=True, prefix=RUN_DIR, user=_installed_worker())
+        content = self.render(spec, standalone=True, prefix=RUN_DIR, user=installed_worker())
         self.check(content, standalone=True)
         unit = render(
             "haproxy/ollama-fleet-gateway.service.j2", haproxy=require_tool("haproxy"), config=INSTALLED_CONFIG
@@ -168,7 +168,7 @@ class Haproxy:
         sock = prefix / SOCKET
         _check_access(sock)
         try:
-            rows = [row for row in _stat_rows(sock) if row.get("pxname") == BACKEND]
+            rows = [row for row in stat_rows(sock) if row.get("pxname") == BACKEND]
         except UserError:
             return None
         servers = {
@@ -219,7 +219,7 @@ def _check_access(sock: Path) -> None:
         )
 
 
-def _stat_rows(sock: Path) -> list[dict[str, str]]:
+def stat_rows(sock: Path) -> list[dict[str, str]]:
     _check_access(sock)
     text = runtime_command(sock, "show stat")
     if text is None:
@@ -229,11 +229,11 @@ def _stat_rows(sock: Path) -> list[dict[str, str]]:
 
 def _rows_of(sock: Path, name: str) -> dict[str, str]:
     """backend -> the server's status, for every backend that has this server."""
-    return {row["pxname"]: row["status"] for row in _stat_rows(sock) if row.get("svname") == name}
+    return {row["pxname"]: row["status"] for row in stat_rows(sock) if row.get("svname") == name}
 
 
 def _busy(sock: Path, name: str) -> int:
-    return sum(int(row["scur"] or 0) + int(row["qcur"] or 0) for row in _stat_rows(sock) if row.get("svname") == name)
+    return sum(int(row["scur"] or 0) + int(row["qcur"] or 0) for row in stat_rows(sock) if row.get("svname") == name)
 
 
 def _set(sock: Path, command: str) -> None:
@@ -257,7 +257,7 @@ def runtime_command(sock: Path, command: str, timeout: float = 2.0) -> str | Non
         return None
 
 
-def _installed_worker() -> tuple[str, str]:
+def installed_worker() -> tuple[str, str]:
     """Who the installed gateway's workers run as: the `haproxy` user the distribution's
     package creates, else nobody."""
     import grp

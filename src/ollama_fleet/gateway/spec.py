@@ -9,6 +9,7 @@ import json
 import re
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
@@ -17,6 +18,9 @@ from ollama_fleet.errors import BadInput
 from ollama_fleet.names import spellings
 from ollama_fleet.plan import Plan
 from ollama_fleet.values import Listen
+
+if TYPE_CHECKING:
+    from ollama_fleet.gateway.front import FrontSpec
 
 # RFC 6750 bearer token characters: nothing that could end a quoted nginx string.
 _KEY = re.compile(r"[A-Za-z0-9._~+/=-]{8,200}")
@@ -78,12 +82,12 @@ class GatewaySpec(BaseModel):
         return f"{'https' if self.tls else 'http'}://{host}:{self.listen.port}"
 
 
-def read_api_keys(path: Path) -> tuple[str, ...]:
+def read_api_keys(path: Path, field: str = "api_keys_file") -> tuple[str, ...]:
     """One key per line, `#` comments; each key checked so it cannot break out of a config."""
     try:
         text = path.read_text()
     except OSError as exc:
-        raise BadInput(f"api_keys_file: cannot read {path} ({exc.strerror})") from None
+        raise BadInput(f"{field}: cannot read {path} ({exc.strerror})") from None
     keys = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -91,11 +95,11 @@ def read_api_keys(path: Path) -> tuple[str, ...]:
             continue
         if not _KEY.fullmatch(line):
             # Never echo the line: it may be a secret with a typo.
-            raise BadInput(f"api_keys_file: line {number} of {path} is not a key (8-200 of A-Z a-z 0-9 . _ ~ + / = -)")
+            raise BadInput(f"{field}: line {number} of {path} is not a key (8-200 of A-Z a-z 0-9 . _ ~ + / = -)")
         if line not in keys:
             keys.append(line)
     if not keys:
-        raise BadInput(f"api_keys_file: {path} holds no key")
+        raise BadInput(f"{field}: {path} holds no key")
     return tuple(keys)
 
 
@@ -164,7 +168,7 @@ def _slots(env: dict[str, str]) -> int:
     return int(value)
 
 
-def exposure_warning(spec: GatewaySpec) -> str | None:
+def exposure_warning(spec: GatewaySpec | FrontSpec) -> str | None:
     """Listening beyond loopback with neither keys nor a narrow allowlist deserves a word."""
     if ipaddress.ip_address(spec.listen.host).is_loopback or spec.api_keys:
         return None

@@ -1,0 +1,338 @@
+"""The front's verbs: `front up|down|status|render|drain|undrain|install-systemd`, and `pull`.
+
+The front lives in `<state_dir>/front/`: its haproxy.cfg, pid file, admin socket, and
+front.json (what it was rendered from), which this module alone writes. Installed under
+systemd, its files are /etc/ollama-fleet/front.cfg and ollama-fleet-front.service, its
+socket in /run/ollama-fleet-front, and front.json still records the spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ollama_fleet import probe
+from ollama_fleet.actions import Progress
+from ollama_fleet.config import FleetConfig
+from ollama_fleet.errors import BadInput, UserError
+from ollama_fleet.gateway import front
+from ollama_fleet.gateway.front import FrontBox, FrontSpec, FrontStats
+from ollama_fleet.gateway.haproxy import SOCKET, Haproxy, runtime_command
+from ollama_fleet.gateway.spec import exposure_warning
+from ollama_fleet.processes import port_holder, stop_processes
+from ollama_fleet.state import FRONT, FrontState, ProcessRecord, read_front, read_gateway, write_atomic, write_model
+from ollama_fleet.waiting import wait_until
+
+INFO_TIMEOUT = 3.0  # seconds a box has to answer /fleet/info when the front renders
+
+
+def front_dir(state_dir: Path) -> Path:
+    return state_dir / "front"
+
+
+def _secret(spec: FrontSpec) -> int:
+    return 0o640 if spec.api_keys or spec.box_key else 0o644
+
+
+def read_boxes(cfg: FleetConfig, previous: FrontSpec | None, progress: Progress) -> list[FrontBox]:
+    """Every box of the config: those without `slots=` described by their /fleet/info, read
+    at once. A box that does not answer keeps what it said last time (a warning), else it
+    is an error: the front cannot know its slots."""
+    key = front.box_key(cfg)
+    asked = [box for box in cfg.boxes if box.slots is None]
+    answers = probe.box_infos([box.url for box in asked], key, INFO_TIMEOUT)
+    known = {box.url: box for box in previous.boxes} if previous else {}
+    found = []
+    for box in cfg.boxes:
+        if box.slots is not None:
+            found.append(front.plain(box))
+            continue
+        answer = answers[box.url]
+        if not isinstance(answer, str):
+            found.append(front.described(box, answer))
+        elif box.url in known and known[box.url].described:
+            progress.warn(f"{box} does not answer /fleet/info ({answer}); keeping what it said last time")
+            found.append(known[box.url])
+        else:
+            raise UserError(
+                f"boxes: {box} does not answer /fleet/info ({answer}); start its fleet (ollama-fleet up), "
+                f"or give its slots: --box {box},slots=N"
+            )
+    return front.unique_names(found)
+
+
+def _spec(cfg: FleetConfig, previous: FrontState | None, progress: Progress) -> FrontSpec:
+    before = FrontSpec.model_validate(previous.spec) if previous else None
+    spec = front.spec_from(cfg, read_boxes(cfg, before, progress), drained=before.drained if before else ())
+    warning = exposure_warning(spec)
+    if warning:
+        progress.warn(warning.replace("the gateway", "the front"))
+    return spec
+
+
+@dataclass
+class FrontReport:
+    action: str  # started, reloaded, unchanged
+    url: str
+    spec: FrontSpec
+    stats: FrontStats | None = None
+
+
+def _write_config(spec: FrontSpec, prefix: Path, config: Path, user: tuple[str, str] | None = None) -> bool:
+    """Render, check with `haproxy -c`, write atomically; True when it changed."""
+    content = front.render(spec, prefix=prefix, config=config, user=user)
+    Haproxy().check(content)
+    changed = not config.exists() or config.read_text() != content
+    write_atomic(config, content, _secret(spec))
+    return changed
+
+
+def _record(home: Path, state: FrontState, spec: FrontSpec) -> None:
+    state = state.model_copy(update={"spec": spec.model_dump(mode="json")})
+    write_model(home / FRONT, state, _secret(spec))
+
+
+def _url(spec: FrontSpec) -> str:
+    host = spec.listen.host
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if spec.tls else 'http'}://{host}:{spec.listen.port}"
+
+
+def front_up(cfg: FleetConfig, progress: Progress) -> FrontReport:
+    """Start the front, or re-read the boxes and reload it (streams go on in old workers)."""
+    assert cfg.state_dir is not None
+    home = front_dir(cfg.state_dir)
+    previous = read_front(home)
+    if previous is not None and previous.unit is not None:
+        raise UserError(f"the front is installed as {previous.unit}: re-run `front install-systemd` to change it")
+    spec = _spec(cfg, previous, progress)
+    live = previous.process if previous and previous.process and previous.process.process() else None
+    if live is None:
+        holder = port_holder(spec.listen.port, spec.listen.host)
+        if holder is not None:
+            raise UserError(f"listen: port {spec.listen.port} for the front is taken by {holder}; pass another --listen")
+    home.mkdir(mode=0o755, parents=True, exist_ok=True)
+    config = home / "haproxy.cfg"
+    changed = _write_config(spec, home, config)
+    engine = Haproxy()
+    if live is not None:
+        action = "reloaded" if changed else "unchanged"
+        if changed:
+            engine.reload(home, config)
+    else:
+        live = ProcessRecord.of(engine.start(home, config))
+        action = "started"
+    _record(home, FrontState(process=live, prefix=home, config=config, url=_url(spec), spec={}), spec)
+    progress.status("waiting for the boxes' first checks")
+    wait_until(lambda: _checked(home / SOCKET), 5)
+    return FrontReport(action=action, url=_url(spec), spec=spec, stats=_stats_or_none(home / SOCKET))
+
+
+def _checked(sock: Path) -> bool:
+    found = _stats_or_none(sock)
+    return found is not None and all(not box.state.startswith(("UP ", "DOWN ")) for box in found.boxes.values())
+
+
+def _stats_or_none(sock: Path) -> FrontStats | None:
+    try:
+        return front.stats(sock)
+    except UserError:
+        return None
+
+
+def front_down(state_dir: Path, timeout: float) -> bool:
+    """Stop the front `front up` started; False when there was none."""
+    home = front_dir(state_dir)
+    state = read_front(home)
+    if state is None or state.process is None:
+        return False
+    stop_processes([state.process], timeout)
+    (home / FRONT).unlink(missing_ok=True)
+    return True
+
+
+@dataclass
+class FrontStatus:
+    url: str
+    running: bool
+    spec: FrontSpec
+    stats: FrontStats | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return self.running and self.stats is not None and all(b.state == "UP" for b in self.stats.boxes.values())
+
+    def json_data(self) -> dict[str, Any]:
+        boxes = {box.name: box for box in self.spec.boxes}
+        rows = self.stats.boxes if self.stats else {}
+        return {
+            "url": self.url,
+            "running": self.running,
+            "healthy": self.healthy,
+            "queued": self.stats.queued if self.stats else None,
+            "boxes": [
+                {
+                    "name": name,
+                    "url": boxes[name].url if name in boxes else None,
+                    "address": row.address,
+                    "state": row.state,
+                    "slots": boxes[name].slots if name in boxes else (self.spec.srv.slots if self.spec.srv else None),
+                    "in_flight": row.in_flight,
+                    "queued": row.queued,
+                    "models": boxes[name].models if name in boxes else {},
+                    "version": boxes[name].version if name in boxes else None,
+                }
+                for name, row in rows.items()
+            ],
+        }
+
+
+def _located(state_dir: Path) -> FrontState:
+    state = read_front(front_dir(state_dir))
+    if state is None:
+        raise UserError(f"no front is recorded in {front_dir(state_dir)}: start one with `ollama-fleet front up`")
+    front.check_access(state.prefix / SOCKET)
+    return state
+
+
+def front_status(state_dir: Path) -> FrontStatus:
+    state = _located(state_dir)
+    spec = FrontSpec.model_validate(state.spec)
+    running = state.process.process() is not None if state.process else (state.prefix / SOCKET).exists()
+    stats = _stats_or_none(state.prefix / SOCKET) if running else None
+    problems = [] if stats is not None else [f"the front's HAProxy does not answer on {state.prefix / SOCKET}"]
+    return FrontStatus(url=state.url, running=running and stats is not None, spec=spec, stats=stats, problems=problems)
+
+
+def _steer(sock: Path, name: str, commands: list[str]) -> list[str]:
+    """Run each command (`{backend}` filled in) in every backend that has this box."""
+    rows = [row for row in front.stat_rows(sock) if row.get("svname") == name]
+    if not rows:
+        known = sorted(front.stats(sock).boxes)
+        raise BadInput(f"box: the front has no box {name!r} (its boxes: {', '.join(known) or 'none'})")
+    backends = [row["pxname"] for row in rows]
+    for backend in backends:
+        for command in commands:
+            answer = runtime_command(sock, command.format(backend=backend, name=name))
+            if answer is None or answer.strip():
+                raise UserError(f"HAProxy refused `{command.format(backend=backend, name=name)}`: {answer}")
+    return backends
+
+
+def _redrain(state: FrontState, spec: FrontSpec, home: Path) -> None:
+    """Keep a drain across reloads: the config on disk gets the box's `weight 0` (read at
+    the next reload), front.json remembers it."""
+    user = _worker(state)
+    _write_config(spec, state.prefix, state.config, user)
+    _record(home, state, spec)
+
+
+def _worker(state: FrontState) -> tuple[str, str] | None:
+    if state.unit is None:
+        return None
+    return front.installed_worker()
+
+
+def front_drain(state_dir: Path, name: str, timeout: float, progress: Progress) -> int:
+    """Send the box no new request; wait (up to `timeout`) until it serves none for the
+    front. Its streams go on. Returns how many requests were still busy at the timeout."""
+    state = _located(state_dir)
+    sock = state.prefix / SOCKET
+    _steer(sock, name, ["set server {backend}/{name} state drain"])
+    spec = FrontSpec.model_validate(state.spec)
+    if name not in spec.drained:
+        _redrain(state, spec.model_copy(update={"drained": (*spec.drained, name)}), front_dir(state_dir))
+    progress.status(f"waiting for {name}'s requests to finish")
+
+    def busy() -> int:
+        found = front.stats(sock).boxes.get(name)
+        return found.in_flight + found.queued if found else 0
+
+    wait_until(lambda: busy() == 0, timeout)
+    return busy()
+
+
+def front_undrain(state_dir: Path, name: str, timeout: float) -> None:
+    """Send the box requests again; wait until the front sees it UP."""
+    state = _located(state_dir)
+    sock = state.prefix / SOCKET
+    _steer(sock, name, ["set server {backend}/{name} state ready", "set weight {backend}/{name} 1"])
+    spec = FrontSpec.model_validate(state.spec)
+    if name in spec.drained:
+        drained = tuple(n for n in spec.drained if n != name)
+        _redrain(state, spec.model_copy(update={"drained": drained}), front_dir(state_dir))
+    if not wait_until(lambda: front.stats(sock).boxes[name].state == "UP", timeout):
+        raise UserError(f"{name} is not UP at the front {timeout:g}s after undrain: see `ollama-fleet front status`")
+
+
+def front_render(cfg: FleetConfig, output: Path | None, prefix: Path, check: bool, progress: Progress) -> str:
+    """The front's config for an HAProxy of your own, from the boxes' answers now."""
+    spec = _spec(cfg, None, progress)
+    content = front.render(spec, prefix=prefix, config=output)
+    if check:
+        Haproxy().check(content)
+    if output is not None:
+        prefix.mkdir(mode=0o755, parents=True, exist_ok=True)
+        write_atomic(output, content, _secret(spec))
+    return content
+
+
+def pull_targets(cfg: FleetConfig) -> dict[str, str]:
+    """Where `pull` pulls: the boxes given, else the boxes of the front here, else this
+    box's own gateway (its writer instance does the pull)."""
+    assert cfg.state_dir is not None
+    if cfg.boxes:
+        return {str(box): box.url for box in cfg.boxes}
+    state = read_front(front_dir(cfg.state_dir))
+    if state is not None:
+        return {box.name: box.url for box in FrontSpec.model_validate(state.spec).boxes}
+    gateway = read_gateway(cfg.state_dir)
+    if gateway is not None and gateway.url:
+        return {"this box": gateway.url}
+    raise BadInput("box: no box to pull on: give --box URL (repeatable), or run it where a fleet or a front is up")
+
+
+def pull(
+    cfg: FleetConfig, targets: dict[str, str], model: str, report: Callable[[str, dict[str, Any]], None]
+) -> dict[str, str | None]:
+    """Pull `model` on every target at once, each through its own gateway; name -> error."""
+    return probe.pull(targets, model, front.box_key(cfg), report)
+
+
+def front_install(cfg: FleetConfig, root: Path, enable: bool, progress: Progress) -> list[str]:
+    """The front as ollama-fleet-front.service: its config and unit written (checked by
+    `haproxy -c` and `systemd-analyze verify`), then started, or reloaded when it changed."""
+    from ollama_fleet.processes import find_tool, require_tool
+    from ollama_fleet.render import render
+    from ollama_fleet.systemctl import Systemctl
+    from ollama_fleet.systemd import on_root
+
+    assert cfg.state_dir is not None
+    home = front_dir(cfg.state_dir)
+    spec = _spec(cfg, read_front(home), progress)
+    user = front.installed_worker()
+    content = front.render(spec, prefix=front.RUN_DIR, config=front.INSTALLED_CONFIG, user=user)
+    Haproxy().check(content)
+    unit = render("front/ollama-fleet-front.service.j2", haproxy=require_tool("haproxy"), config=front.INSTALLED_CONFIG)
+    written = []
+    for path, text, mode in ((front.INSTALLED_CONFIG, content, _secret(spec)), (front.UNIT_FILE, unit, 0o644)):
+        target = on_root(root, path)
+        if not target.exists() or target.read_text() != text:
+            write_atomic(target, text, mode)
+            written.append(str(path))
+    state = FrontState(unit=front.UNIT, prefix=front.RUN_DIR, config=front.INSTALLED_CONFIG, url=_url(spec), spec={})
+    if root == Path("/"):
+        home.mkdir(mode=0o755, parents=True, exist_ok=True)
+        _record(home, state, spec)
+    if enable:
+        systemctl = Systemctl(find_tool("systemctl"))
+        systemctl("daemon-reload")
+        active = systemctl.is_active(front.UNIT)
+        systemctl("enable", "--now", front.UNIT)
+        if active and str(front.INSTALLED_CONFIG) in written:
+            systemctl("reload", front.UNIT)
+    return written
