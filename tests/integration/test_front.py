@@ -111,3 +111,136 @@ def test_requests_queue_at_the_front_and_no_box_gets_more_than_its_slots(lab: La
     for future in futures:
         future.result(timeout=60)
     assert len(done) == 12
+
+
+@pytest.fixture
+def pair():
+    """Two boxes of two one-slot instances behind a front, for tests that break a box."""
+    lab = Lab()
+    try:
+        lab.boxes = [  # type: ignore[attr-defined]
+            lab.box("boxa", 11, 2, FAKE_OLLAMA_TPS="20"),
+            lab.box("boxb", 12, 2, FAKE_OLLAMA_TPS="20"),
+        ]
+        lab.host("front", 2)
+        result = lab.front("up", "--box", lab.boxes[0], "--box", lab.boxes[1],  # type: ignore[attr-defined]
+                           "--listen", f"{NET}.2:{PORT}", "--allow", f"{NET}.0/24")
+        assert result.returncode == 0, result.stdout + result.stderr
+        yield lab
+    finally:
+        lab.close()
+
+
+def box_state(lab: Lab, name: str) -> str:
+    from ollama_fleet.gateway.front import stats
+
+    return stats(lab.dir / "front-state" / "front" / "admin.sock").boxes[name].state
+
+
+def wait_state(lab: Lab, name: str, state: str, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if box_state(lab, name) == state:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"{name} not {state} after {timeout}s (it is {box_state(lab, name)})")
+
+
+def stream(box_seen: list[str], ended: list[float], tokens: int = 100) -> str:
+    """One generation through the front: "ok"; "cut" when its answer had begun; else "lost: why"."""
+    body = {"model": "llama3.2", "prompt": "x", "options": {"num_predict": tokens}}
+    begun = False
+    try:
+        with httpx.stream("POST", FRONT + "/api/generate", json=body, timeout=30) as r:
+            box_seen.append(r.headers.get("x-fleet-box", "?"))
+            if r.status_code != 200:
+                return f"lost: HTTP {r.status_code}"
+            last = {}
+            for line in r.iter_lines():
+                begun = True
+                last = json.loads(line)
+            return "ok" if last.get("done") else "cut"
+    except httpx.HTTPError as exc:
+        return "cut" if begun else f"lost: {type(exc).__name__}"
+    finally:
+        ended.append(time.monotonic())
+
+
+def test_a_box_that_vanishes_is_out_fast_its_streams_end_and_no_waiting_request_is_lost(pair: Lab) -> None:
+    pool = pair.pool("front", 16)
+    seen: list[str] = []
+    ended: list[float] = []
+    running = [pool.submit(stream, seen, ended) for _ in range(4)]  # 5 s each: every slot busy
+    deadline = time.monotonic() + 5
+    while len(seen) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sorted(seen) == ["boxa", "boxa", "boxb", "boxb"]
+    waiting = [pool.submit(stream, [], [], 10) for _ in range(6)]  # queued at the front
+    time.sleep(0.3)
+    cut = time.monotonic()
+    pair.cut("boxb")
+    assert wait_state(pair, "boxb", "DOWN", 10) < 5  # measured ~1.7 s (benchmarks/multihost.py)
+    on_b = [f.result(timeout=30) for f in running]
+    assert on_b.count("ok") == 2  # boxa's two streams go on
+    assert max(ended[:2]) - cut < 5  # boxb's end at its mark-down, not after the read timeout
+    assert [f.result(timeout=60) for f in waiting] == ["ok"] * 6  # none that had not started is lost
+    pair.mend("boxb")
+    assert wait_state(pair, "boxb", "UP", 10) < 5
+
+
+def test_a_box_whose_gateway_dies_costs_at_most_one_request(pair: Lab) -> None:
+    import os
+    import signal
+    import subprocess
+
+    def haproxy_pids(host: str) -> list[int]:
+        pids = subprocess.run(["ip", "netns", "pids", pair.ns(host)], capture_output=True, text=True).stdout.split()
+        return [int(p) for p in pids if open(f"/proc/{p}/comm").read().strip() == "haproxy"]
+
+    pool = pair.pool("front", 8)
+    stop = threading.Event()
+    results: list[str] = []
+
+    def loop() -> None:
+        for _ in range(200):  # bounded
+            if stop.is_set():
+                return
+            results.append(stream([], [], 4))
+
+    loops = [pool.submit(loop) for _ in range(4)]
+    time.sleep(1)
+    for pid in haproxy_pids("boxb"):
+        os.kill(pid, signal.SIGKILL)
+    assert wait_state(pair, "boxb", "DOWN", 10) < 5
+    time.sleep(1)
+    stop.set()
+    for f in loops:
+        f.result(timeout=30)
+    # Streams boxb was serving when its gateway died are cut, whatever the front does; of
+    # the requests that had not begun, at most the one that trips the mark-down is lost.
+    lost = [r for r in results if r.startswith("lost")]
+    assert len(results) > 20 and len(lost) <= 1, lost
+
+
+def test_drain_lets_streams_finish_and_sends_the_box_nothing_new(pair: Lab) -> None:
+    pool = pair.pool("front", 8)
+    seen: list[str] = []
+    running = [pool.submit(stream, seen, [], 60) for _ in range(4)]  # 3 s each, 2 per box
+    while len(seen) < 4:
+        time.sleep(0.02)
+    drained = pair.front("drain", "boxb", "--timeout", "30")
+    assert drained.returncode == 0, drained.stderr
+    assert [f.result(timeout=30) for f in running] == ["ok"] * 4  # nothing was cut
+    assert box_state(pair, "boxb") == "DRAIN"
+    after: list[str] = []
+    assert [f.result(timeout=30) for f in [pool.submit(stream, after, [], 5) for _ in range(4)]] == ["ok"] * 4
+    assert set(after) == {"boxa"}
+    assert pair.front("status").returncode == 1  # a drained box is not UP
+    # A drain survives a reload (front up again re-reads the boxes).
+    assert pair.front("up", "--box", pair.boxes[0], "--box", pair.boxes[1],  # type: ignore[attr-defined]
+                      "--listen", f"{NET}.2:{PORT}", "--allow", f"{NET}.0/24").returncode == 0
+    time.sleep(0.5)
+    assert box_state(pair, "boxb") == "DRAIN"
+    assert pair.front("undrain", "boxb").returncode == 0
+    assert box_state(pair, "boxb") == "UP"
+    assert pair.front("drain", "nobox").returncode == 2
