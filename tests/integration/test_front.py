@@ -244,3 +244,58 @@ def test_drain_lets_streams_finish_and_sends_the_box_nothing_new(pair: Lab) -> N
     assert pair.front("undrain", "boxb").returncode == 0
     assert box_state(pair, "boxb") == "UP"
     assert pair.front("drain", "nobox").returncode == 2
+
+
+def test_boxes_join_and_leave_with_the_srv_records_without_a_reload(tmp_path) -> None:
+    from tests.helpers import require_tool
+
+    dnsmasq = require_tool("dnsmasq")
+    lab = Lab()
+    try:
+        boxes = {name: lab.box(name, 11 + k, 1) for k, name in enumerate(("boxa", "boxb"))}
+        lab.host("front", 2)
+        lab.host("dns", 53)
+        name = "_ollama-fleet._tcp.lab.test"
+
+        def serve_records(*members: str) -> None:
+            for proc in lab.procs:  # the previous dnsmasq: records change as a DNS server restarts
+                proc.kill()
+                proc.wait()
+            lab.procs.clear()
+            records = [f"--srv-host={name},{m}.lab.test,{PORT}" for m in members]
+            hosts = [f"--host-record={m}.lab.test,{lab.hosts[m]}" for m in boxes]
+            lab.spawn("dns", dnsmasq, "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
+                      f"--listen-address={NET}.53", "--bind-interfaces", "--local-ttl=0", *records, *hosts)
+
+        def serving() -> dict[str, str]:
+            data = status(lab)
+            return {box["address"]: box["state"] for box in data["boxes"]}
+
+        def wait_for(expected: dict[str, str], timeout: float = 15) -> float:
+            started = time.monotonic()
+            while time.monotonic() - started < timeout:
+                if serving() == expected:
+                    return time.monotonic() - started
+                time.sleep(0.2)
+            raise AssertionError(f"front serves {serving()}, not {expected}")
+
+        serve_records("boxa")
+        up = lab.front("up", "--box-srv", name, "--box-slots", "1", "--resolver", f"{NET}.53",
+                       "--listen", f"{NET}.2:{PORT}", "--allow", f"{NET}.0/24")
+        assert up.returncode == 0, up.stdout + up.stderr
+        pid = (lab.dir / "front-state" / "front" / "haproxy.pid").read_text()
+        a, b = f"{lab.hosts['boxa']}:{PORT}", f"{lab.hosts['boxb']}:{PORT}"
+        wait_for({a: "UP"})
+
+        def answered_by() -> set[str]:
+            return {httpx.get(FRONT + "/api/version").headers["x-fleet-box"] for _ in range(6)}
+
+        serve_records("boxa", "boxb")
+        wait_for({a: "UP", b: "UP"})
+        assert len(lab.call("front", answered_by)) == 2
+        serve_records("boxb")
+        wait_for({b: "UP"})
+        assert len(lab.call("front", answered_by)) == 1
+        assert (lab.dir / "front-state" / "front" / "haproxy.pid").read_text() == pid  # never reloaded
+    finally:
+        lab.close()

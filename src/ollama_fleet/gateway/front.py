@@ -255,8 +255,8 @@ def stats(sock: Path) -> FrontStats:
             continue
         if row["svname"] == "FRONTEND":
             continue
-        if row["svname"].startswith(SRV_PREFIX) and not row.get("addr"):
-            continue  # an unused server-template slot: no box behind it
+        if row["svname"].startswith(SRV_PREFIX) and (not row.get("addr") or "resolution" in row["status"]):
+            continue  # a server-template slot no SRV record fills (now): no box behind it
         previous = boxes.get(row["svname"])
         in_flight = int(row["scur"] or 0) + (previous.in_flight if previous else 0)
         waiting = int(row["qcur"] or 0) + (previous.queued if previous else 0)
