@@ -82,6 +82,10 @@ def test_model_writes_are_refused_at_the_front_and_pull_reaches_every_box(lab: L
     for url in lab.boxes:  # type: ignore[attr-defined]
         assert "tinyllama:latest" in lab.call("front", tags, url)
 
+    # On one fleet, without a front: through its own gateway.
+    single = lab.run("boxa", *lab.fleet("pull", "gemma3", "--state-dir", str(lab.dir / "boxa" / "state")))
+    assert single.returncode == 0 and "this box: pulled gemma3" in single.stdout, single.stdout + single.stderr
+
     failed = lab.run("front", *lab.fleet("pull", "no-such-model", "--state-dir", str(lab.dir / "front-state")))
     assert failed.returncode == 1
     assert "boxa: failed: pull model manifest: file does not exist" in failed.stdout
@@ -299,3 +303,66 @@ def test_boxes_join_and_leave_with_the_srv_records_without_a_reload(tmp_path) ->
         assert (lab.dir / "front-state" / "front" / "haproxy.pid").read_text() == pid  # never reloaded
     finally:
         lab.close()
+
+
+def test_front_render_runs_as_its_header_says_and_installs_as_a_verified_unit(tmp_path) -> None:
+    import os
+    import re
+    import signal
+    import subprocess
+
+    from tests.helpers import (
+        CONSOLE_SCRIPT,
+        Gateway,
+        free_port_range,
+        require_tool,
+        start_instances,
+        stop,
+        subprocess_env,
+        wait_answering,
+    )
+
+    base, procs = start_instances(2)
+    box = Gateway(base, 2, "--name", "loop", engine="haproxy")
+    config = tmp_path / "front" / "front.cfg"
+    port = free_port_range(1)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(CONSOLE_SCRIPT), "front", *args, "--state-dir", str(tmp_path / "state")],
+            capture_output=True, text=True, env=subprocess_env(),
+        )
+
+    try:
+        rendered = cli("render", "--box", box.url, "--listen", f"127.0.0.1:{port}", "-o", str(config),
+                       "--prefix", str(tmp_path / "run"), "--check")
+        assert rendered.returncode == 0, rendered.stderr
+        command = re.search(r"^#   (haproxy .*)$", config.read_text(), re.M)[1].split()  # type: ignore[index]
+        subprocess.run([require_tool("haproxy"), *command[1:]], check=True)
+        try:
+            answer = wait_answering(f"http://127.0.0.1:{port}/api/version")
+            assert answer.status_code == 200 and answer.headers["x-fleet-box"] == "loop"
+        finally:
+            os.kill(int((tmp_path / "run" / "haproxy.pid").read_text().split()[0]), signal.SIGTERM)
+
+        root = tmp_path / "root"
+        installed = cli("install-systemd", "--box", box.url, "--root", str(root))
+        assert installed.returncode == 0, installed.stderr
+        units = root / "etc/systemd/system"
+        verify = subprocess.run(
+            [require_tool("systemd-analyze"), "verify", "ollama-fleet-front.service"],
+            env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"}, capture_output=True, text=True,
+        )
+        assert (verify.returncode, verify.stderr) == (0, "")
+        assert "ExecStart=" in (units / "ollama-fleet-front.service").read_text()
+        assert "/run/ollama-fleet-front/admin.sock" in (root / "etc/ollama-fleet/front.cfg").read_text()
+
+        gone = cli("up", "--box", f"http://127.0.0.1:{free_port_range(1)}", "--listen", f"127.0.0.1:{port}")
+        assert gone.returncode == 1
+        assert "does not answer /fleet/info (refused)" in gone.stderr and ",slots=N" in gone.stderr
+        nothing = cli("up", "--listen", f"127.0.0.1:{port}")
+        assert nothing.returncode == 2 and nothing.stderr.startswith("error: boxes: a front needs boxes")
+        assert "Traceback" not in gone.stderr + nothing.stderr
+    finally:
+        box.close()
+        stop(procs)
