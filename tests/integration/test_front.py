@@ -159,9 +159,9 @@ def stream(box_seen: list[str], ended: list[float], tokens: int = 100) -> str:
             box_seen.append(r.headers.get("x-fleet-box", "?"))
             if r.status_code != 200:
                 return f"lost: HTTP {r.status_code}"
+            begun = True  # its answer has begun: from here no proxy can move it elsewhere
             last = {}
             for line in r.iter_lines():
-                begun = True
                 last = json.loads(line)
             return "ok" if last.get("done") else "cut"
     except httpx.HTTPError as exc:
