@@ -41,7 +41,6 @@ TARGETS = {"p99": 1.2, "scale": 2.9, "lost": 0, "end": 3.0, "down": 3.0, "up": 3
 def main() -> int:
     from common import ROOT, pareto_lengths
     from dispatch import central_queue
-
     from ollama_fleet.bench import quantile, run_load
     from ollama_fleet.gateway.front import stats
     from tests.helpers import require_tool
@@ -64,18 +63,13 @@ def main() -> int:
             time.sleep(0.02)
         return time.monotonic() - started
 
-    def front_up(*boxes: str) -> None:
-        result = lab.front("up", *sum((["--box", b] for b in boxes), []), "--listen", f"{NET}.2:{PORT}",
-                           "--allow", f"{NET}.0/24")
-        assert result.returncode == 0, result.stdout + result.stderr
-
     def load(urls: list[str], **kw):  # type: ignore[no-untyped-def]
         return lab.call("front", run_load, urls, "qwen3", **kw)
 
     try:
         urls = [lab.box(name, 10 + k, INSTANCES, FAKE_OLLAMA_TPS=str(TPS)) for k, name in enumerate(names, 1)]
         lab.host("front", 2)
-        front_up(*urls)
+        lab.front_up(boxes=tuple(urls))
         slots = BOXES * INSTANCES
         load([front_url], concurrency=slots, requests=slots, num_predict=2)  # warm: every model loaded
 
@@ -109,19 +103,29 @@ def main() -> int:
     for label, r in (("front: one queue, leastconn", via_front), ("per-box round robin (client)", round_robin)):
         print(f"  {label:34} {r.ttft(0.5) * 1000:7.0f}ms {r.ttft(0.99) * 1000:7.0f}ms {r.tokens_per_s:9.1f}")
     p99 = via_front.ttft(0.99) / ideal
-    print(f"  front p99 / central queue p99: {p99:.2f}x (target <= {TARGETS['p99']}x); "
-          f"round robin p99 / front p99: {round_robin.ttft(0.99) / via_front.ttft(0.99):.1f}x")
+    print(
+        f"  front p99 / central queue p99: {p99:.2f}x (target <= {TARGETS['p99']}x); "
+        f"round robin p99 / front p99: {round_robin.ttft(0.99) / via_front.ttft(0.99):.1f}x"
+    )
     scale = three.tokens_per_s / one.tokens_per_s
-    print(f"\nsaturating load: 3 boxes {three.tokens_per_s:.0f} tokens/s, 1 box {one.tokens_per_s:.0f} tokens/s: "
-          f"{scale:.2f}x (target >= {TARGETS['scale']}x)")
-    print(f"\na box vanishes under load (link cut): requests lost among those not begun: {outcome['lost']} "
-          f"of {outcome['waiting']} (target 0); its {outcome['cut']} streams ended {outcome['end']:.1f}s after "
-          f"the cut (target <= {TARGETS['end']:g}s); marked down after {outcome['down']:.1f}s, up "
-          f"{outcome['up']:.1f}s after its link came back (targets <= 3s)")
-    print(f"a box's gateway killed, its host up: requests lost {lost_kill['lost']} of {lost_kill['sent']} "
-          f"(target <= 1); {lost_kill['cut']} streams it was serving were cut")
-    print(f"SRV records: a box added serves after {srv['join']:.1f}s, a box removed stops receiving after "
-          f"{srv['leave']:.1f}s; front pid unchanged: {srv['same_pid']}")
+    print(
+        f"\nsaturating load: 3 boxes {three.tokens_per_s:.0f} tokens/s, 1 box {one.tokens_per_s:.0f} tokens/s: "
+        f"{scale:.2f}x (target >= {TARGETS['scale']}x)"
+    )
+    print(
+        f"\na box vanishes under load (link cut): requests lost among those not begun: {outcome['lost']} "
+        f"of {outcome['waiting']} (target 0); its {outcome['cut']} streams ended {outcome['end']:.1f}s after "
+        f"the cut (target <= {TARGETS['end']:g}s); marked down after {outcome['down']:.1f}s, up "
+        f"{outcome['up']:.1f}s after its link came back (targets <= 3s)"
+    )
+    print(
+        f"a box's gateway killed, its host up: requests lost {lost_kill['lost']} of {lost_kill['sent']} "
+        f"(target <= 1); {lost_kill['cut']} streams it was serving were cut"
+    )
+    print(
+        f"SRV records: a box added serves after {srv['join']:.1f}s, a box removed stops receiving after "
+        f"{srv['leave']:.1f}s; front pid unchanged: {srv['same_pid']}"
+    )
     del ROOT
     return 0
 
@@ -201,35 +205,20 @@ def srv_membership(lab, dnsmasq, names, sock, until):  # type: ignore[no-untyped
     lab.front("down")
     lab.host("dns", 53)
     record = "_ollama-fleet._tcp.lab.test"
-    dns: list[subprocess.Popen] = []
-
-    def publish(*members: str) -> None:
-        for proc in dns:
-            proc.kill()
-            proc.wait()
-        dns.clear()
-        dns.append(lab.spawn(
-            "dns", dnsmasq, "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
-            f"--listen-address={NET}.53", "--bind-interfaces", "--local-ttl=0",
-            *(f"--srv-host={record},{m}.lab.test,{PORT}" for m in members),
-            *(f"--host-record={m}.lab.test,{lab.hosts[m]}" for m in names),
-        ))
 
     def serving() -> set[str]:
         return {b.address for b in stats(sock).boxes.values() if b.state == "UP"}
 
     # names[1]'s gateway was killed above: box 1 is published, box 3 joins and leaves.
     base, joiner = names[0], names[2]
-    publish(base)
-    result = lab.front("up", "--box-srv", record, "--box-slots", str(INSTANCES), "--resolver", f"{NET}.53",
-                       "--listen", f"{NET}.2:{PORT}", "--allow", f"{NET}.0/24")
-    assert result.returncode == 0, result.stderr
+    lab.publish_srv(dnsmasq, record, base)
+    lab.front_up("--box-srv", record, "--box-slots", str(INSTANCES), "--resolver", f"{NET}.53")
     pid = (sock.parent / "haproxy.pid").read_text()
     until(lambda: len(serving()) == 1)
     third = f"{lab.hosts[joiner]}:{PORT}"
-    publish(base, joiner)
+    lab.publish_srv(dnsmasq, record, base, joiner)
     join = until(lambda: third in serving())
-    publish(base)
+    lab.publish_srv(dnsmasq, record, base)
     leave = until(lambda: third not in serving())
     return {"join": join, "leave": leave, "same_pid": (sock.parent / "haproxy.pid").read_text() == pid}
 

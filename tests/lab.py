@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from tests.helpers import CONSOLE_SCRIPT, FAKE_OLLAMA, fake_home, require_root, require_tool, subprocess_env
@@ -56,6 +55,7 @@ class Lab:
         self.namespaces: list[str] = []
         self.procs: list[subprocess.Popen] = []
         self.pools: list[concurrent.futures.ThreadPoolExecutor] = []
+        self.dns: list[subprocess.Popen] = []
         self.bridge = self._namespace("br")
         _ip("-n", self.bridge, "link", "add", "br0", "type", "bridge")
         _ip("-n", self.bridge, "link", "set", "br0", "up")
@@ -92,7 +92,9 @@ class Lab:
     def argv(self, host: str, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", self.ns(host), *argv]
 
-    def run(self, host: str, *argv: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    def run(
+        self, host: str, *argv: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             self.argv(host, *argv), env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout
         )
@@ -126,14 +128,22 @@ class Lab:
             name,
             *self.fleet(
                 "up",
-                "--engine", "haproxy",
-                "--name", name,
-                "--listen", f"{address}:{PORT}",
-                "--allow", f"{NET}.0/24",
-                "--ollama-bin", str(FAKE_OLLAMA),
-                "--models-dir", str(home / "models"),
-                "--state-dir", str(home / "state"),
-                "--wait-timeout", "30",
+                "--engine",
+                "haproxy",
+                "--name",
+                name,
+                "--listen",
+                f"{address}:{PORT}",
+                "--allow",
+                f"{NET}.0/24",
+                "--ollama-bin",
+                str(FAKE_OLLAMA),
+                "--models-dir",
+                str(home / "models"),
+                "--state-dir",
+                str(home / "state"),
+                "--wait-timeout",
+                "30",
                 *flags,
             ),
             env=env,
@@ -144,6 +154,34 @@ class Lab:
     def front(self, *args: str, host: str = "front") -> subprocess.CompletedProcess:
         """`ollama-fleet front ...` on the front's host, its state under the lab's dir."""
         return self.run(host, *self.fleet("front", *args, "--state-dir", str(self.dir / "front-state")))
+
+    def front_up(self, *args: str, boxes: tuple[str, ...] = ()) -> None:
+        """`front up` over `boxes` (URLs), listening on the front's 198.18.0.2, open to the lab."""
+        flags = [flag for url in boxes for flag in ("--box", url)]
+        result = self.front("up", *flags, *args, "--listen", f"{NET}.2:{PORT}", "--allow", f"{NET}.0/24")
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def publish_srv(self, dnsmasq: str, record: str, *members: str) -> None:
+        """Serve SRV `record` with these hosts (port PORT) from dnsmasq on host "dns"
+        (198.18.0.53); records change as a DNS server restarts with new ones."""
+        for proc in self.dns:
+            proc.kill()
+            proc.wait()
+        self.dns = [
+            self.spawn(
+                "dns",
+                dnsmasq,
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--conf-file=/dev/null",
+                f"--listen-address={NET}.53",
+                "--bind-interfaces",
+                "--local-ttl=0",
+                *(f"--srv-host={record},{m}.lab.test,{PORT}" for m in members),
+                *(f"--host-record={name}.lab.test,{address}" for name, address in self.hosts.items()),
+            )
+        ]
 
     def pool(self, host: str, workers: int = 64) -> concurrent.futures.ThreadPoolExecutor:
         """Threads inside `host`'s namespace, for clients."""

@@ -29,15 +29,15 @@ from ollama_fleet.values import (
     Network,
     Placement,
     SafePath,
+    box_name,
     env_pairs,
     go_duration,
     model_name,
     model_pairs,
-    box_name,
     parse_listen,
     parse_resolver,
-    srv_name,
     split_list,
+    srv_name,
     unloads_at_once,
 )
 
@@ -134,7 +134,9 @@ class FleetConfig(BaseModel):
     box_srv: Annotated[str, AfterValidator(srv_name)] | None = Field(
         None, description="front: boxes from DNS SRV records (`_ollama-fleet._tcp.example.com`), with box_slots"
     )
-    box_slots: int | None = Field(None, ge=1, le=4096, validate_default=True, description="front: slots of each box found by box_srv")
+    box_slots: int | None = Field(
+        None, ge=1, le=4096, validate_default=True, description="front: slots of each box found by box_srv"
+    )
     resolver: Annotated[Listen, BeforeValidator(parse_resolver)] | None = Field(
         None, description="front: the DNS server for box_srv, `IP[:PORT]` (default: /etc/resolv.conf)"
     )

@@ -9,8 +9,8 @@ import json
 import re
 import ssl
 import time
-from functools import lru_cache
 from collections.abc import Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -263,7 +263,7 @@ async def _pull(
                 report(last)
     except httpx.HTTPError as exc:
         return _describe(exc)
-    return None if last.get("status") == "success" else "the pull ended before \"success\""
+    return None if last.get("status") == "success" else 'the pull ended before "success"'
 
 
 def pull(

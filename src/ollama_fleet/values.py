@@ -168,7 +168,9 @@ def parse_listen(value: Any) -> Any:
 
 
 # A DNS host name (RFC 1123 labels) or an IP address: what a box URL or a resolver may name.
-_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 # `_service._proto.domain`, as SRV records are named (RFC 2782).
 _SRV = re.compile(r"_[A-Za-z0-9-]{1,62}\._(tcp|udp)\.[A-Za-z0-9.-]{1,200}")
 # A box's name (its /fleet/info and the front's server name): no quote, space or `/`.
@@ -227,7 +229,9 @@ def parse_box(value: Any) -> Any:
             if key != "slots" or not sep:
                 raise ValueError(f"{option.strip()!r} is not an option of a box (only slots=N)")
             extra["slots"] = val
-    match = re.fullmatch(r"(?P<scheme>https?)://(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^/:\[\]]+))(?::(?P<port>\d+))?/?", text)
+    match = re.fullmatch(
+        r"(?P<scheme>https?)://(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^/:\[\]]+))(?::(?P<port>\d+))?/?", text
+    )
     if not match:
         raise ValueError(f"{text[:60]!r} is not a box URL like http://10.0.0.2:8080")
     host = match["v6"] or match["host"]

@@ -25,9 +25,7 @@ def lab():
             lab.box("boxb", 12, 2, FAKE_OLLAMA_TPS="40", FAKE_OLLAMA_PULL_S="0.2"),
         ]
         lab.host("front", 2)
-        result = lab.front("up", *sum((["--box", url] for url in lab.boxes), []),  # type: ignore[attr-defined]
-                           "--listen", f"{NET}.2:{PORT}", "--allow", f"{NET}.0/24")
-        assert result.returncode == 0, result.stdout + result.stderr
+        lab.front_up(boxes=tuple(lab.boxes))  # type: ignore[attr-defined]
         yield lab
     finally:
         lab.close()
@@ -127,9 +125,7 @@ def pair():
             lab.box("boxb", 12, 2, FAKE_OLLAMA_TPS="20"),
         ]
         lab.host("front", 2)
-        result = lab.front("up", "--box", lab.boxes[0], "--box", lab.boxes[1],  # type: ignore[attr-defined]
-                           "--listen", f"{NET}.2:{PORT}", "--allow", f"{NET}.0/24")
-        assert result.returncode == 0, result.stdout + result.stderr
+        lab.front_up(boxes=tuple(lab.boxes))  # type: ignore[attr-defined]
         yield lab
     finally:
         lab.close()
@@ -241,8 +237,7 @@ def test_drain_lets_streams_finish_and_sends_the_box_nothing_new(pair: Lab) -> N
     assert set(after) == {"boxa"}
     assert pair.front("status").returncode == 1  # a drained box is not UP
     # A drain survives a reload (front up again re-reads the boxes).
-    assert pair.front("up", "--box", pair.boxes[0], "--box", pair.boxes[1],  # type: ignore[attr-defined]
-                      "--listen", f"{NET}.2:{PORT}", "--allow", f"{NET}.0/24").returncode == 0
+    pair.front_up(boxes=tuple(pair.boxes))  # type: ignore[attr-defined]
     time.sleep(0.5)
     assert box_state(pair, "boxb") == "DRAIN"
     assert pair.front("undrain", "boxb").returncode == 0
@@ -256,20 +251,14 @@ def test_boxes_join_and_leave_with_the_srv_records_without_a_reload(tmp_path) ->
     dnsmasq = require_tool("dnsmasq")
     lab = Lab()
     try:
-        boxes = {name: lab.box(name, 11 + k, 1) for k, name in enumerate(("boxa", "boxb"))}
+        for k, box in enumerate(("boxa", "boxb")):
+            lab.box(box, 11 + k, 1)
         lab.host("front", 2)
         lab.host("dns", 53)
         name = "_ollama-fleet._tcp.lab.test"
 
         def serve_records(*members: str) -> None:
-            for proc in lab.procs:  # the previous dnsmasq: records change as a DNS server restarts
-                proc.kill()
-                proc.wait()
-            lab.procs.clear()
-            records = [f"--srv-host={name},{m}.lab.test,{PORT}" for m in members]
-            hosts = [f"--host-record={m}.lab.test,{lab.hosts[m]}" for m in boxes]
-            lab.spawn("dns", dnsmasq, "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
-                      f"--listen-address={NET}.53", "--bind-interfaces", "--local-ttl=0", *records, *hosts)
+            lab.publish_srv(dnsmasq, name, *members)
 
         def serving() -> dict[str, str]:
             data = status(lab)
@@ -284,9 +273,7 @@ def test_boxes_join_and_leave_with_the_srv_records_without_a_reload(tmp_path) ->
             raise AssertionError(f"front serves {serving()}, not {expected}")
 
         serve_records("boxa")
-        up = lab.front("up", "--box-srv", name, "--box-slots", "1", "--resolver", f"{NET}.53",
-                       "--listen", f"{NET}.2:{PORT}", "--allow", f"{NET}.0/24")
-        assert up.returncode == 0, up.stdout + up.stderr
+        lab.front_up("--box-srv", name, "--box-slots", "1", "--resolver", f"{NET}.53")
         pid = (lab.dir / "front-state" / "front" / "haproxy.pid").read_text()
         a, b = f"{lab.hosts['boxa']}:{PORT}", f"{lab.hosts['boxb']}:{PORT}"
         wait_for({a: "UP"})
@@ -330,12 +317,24 @@ def test_front_render_runs_as_its_header_says_and_installs_as_a_verified_unit(tm
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [str(CONSOLE_SCRIPT), "front", *args, "--state-dir", str(tmp_path / "state")],
-            capture_output=True, text=True, env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
         )
 
     try:
-        rendered = cli("render", "--box", box.url, "--listen", f"127.0.0.1:{port}", "-o", str(config),
-                       "--prefix", str(tmp_path / "run"), "--check")
+        rendered = cli(
+            "render",
+            "--box",
+            box.url,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "-o",
+            str(config),
+            "--prefix",
+            str(tmp_path / "run"),
+            "--check",
+        )
         assert rendered.returncode == 0, rendered.stderr
         command = re.search(r"^#   (haproxy .*)$", config.read_text(), re.M)[1].split()  # type: ignore[index]
         subprocess.run([require_tool("haproxy"), *command[1:]], check=True)
@@ -351,7 +350,9 @@ def test_front_render_runs_as_its_header_says_and_installs_as_a_verified_unit(tm
         units = root / "etc/systemd/system"
         verify = subprocess.run(
             [require_tool("systemd-analyze"), "verify", "ollama-fleet-front.service"],
-            env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"}, capture_output=True, text=True,
+            env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"},
+            capture_output=True,
+            text=True,
         )
         assert (verify.returncode, verify.stderr) == (0, "")
         assert "ExecStart=" in (units / "ollama-fleet-front.service").read_text()

@@ -20,13 +20,13 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-import ollama_fleet
 import ollama
 import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+import ollama_fleet
 from ollama_fleet.cli import app
 from ollama_fleet.config import load_config
 from ollama_fleet.errors import BadInput
@@ -564,7 +564,15 @@ def test_fleet_info_describes_the_box_and_answers_while_every_slot_is_busy(tmp_p
     base, procs = start_instances(2, FAKE_OLLAMA_TPS="5", FAKE_OLLAMA_TOKENS="40", OLLAMA_NUM_PARALLEL="2")
     placement = ["--models", "qwen3=gpu1"] if engine == "haproxy" else []
     gateway = Gateway(
-        base, 2, "--env", "OLLAMA_NUM_PARALLEL=2", "--name", "box-a", "--api-keys-file", str(keys), *placement,
+        base,
+        2,
+        "--env",
+        "OLLAMA_NUM_PARALLEL=2",
+        "--name",
+        "box-a",
+        "--api-keys-file",
+        str(keys),
+        *placement,
         engine=engine,
     )
     streams: list[threading.Thread] = []
@@ -582,18 +590,22 @@ def test_fleet_info_describes_the_box_and_answers_while_every_slot_is_busy(tmp_p
 
         def hold() -> None:  # 8 s of tokens each; cut when the test ends
             body = {"model": "llama3.2", "prompt": "x"}
-            with contextlib.suppress(httpx.HTTPError):
-                with httpx.stream("POST", gateway.url + "/api/generate", json=body, headers=auth, timeout=30) as r:
-                    for _ in r.iter_lines():
-                        pass
+            url = gateway.url + "/api/generate"
+            with (
+                contextlib.suppress(httpx.HTTPError),
+                httpx.stream("POST", url, json=body, headers=auth, timeout=30) as r,
+            ):
+                for _ in r.iter_lines():
+                    pass
 
         streams = [threading.Thread(target=hold, daemon=True) for _ in range(8)]  # 4 slots busy, 4 more waiting
         for t in streams:
             t.start()
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and sum(
-            httpx.get(f"http://127.0.0.1:{base + k}/_fake/stats").json()["busy"] for k in range(2)
-        ) < 4:
+        while (
+            time.monotonic() < deadline
+            and sum(httpx.get(f"http://127.0.0.1:{base + k}/_fake/stats").json()["busy"] for k in range(2)) < 4
+        ):
             time.sleep(0.05)
         started = time.monotonic()
         assert httpx.get(gateway.url + "/fleet/info", headers=auth, timeout=5).status_code == 200

@@ -86,5 +86,5 @@ def test_the_config_gives_each_box_its_slots_and_each_model_its_boxes(tmp_path: 
 
 
 def test_a_front_needs_boxes(tmp_path: Path) -> None:
-    with pytest.raises(BadInput, match="^boxes: a front needs boxes"):
+    with pytest.raises(BadInput, match=r"^boxes: a front needs boxes"):
         front.spec_from(config(tmp_path), [])

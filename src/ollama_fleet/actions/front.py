@@ -19,7 +19,7 @@ from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import front
 from ollama_fleet.gateway.front import FrontBox, FrontSpec, FrontStats
-from ollama_fleet.gateway.haproxy import SOCKET, Haproxy, runtime_command
+from ollama_fleet.gateway.haproxy import SOCKET, Haproxy, installed_worker, runtime_command
 from ollama_fleet.gateway.spec import exposure_warning
 from ollama_fleet.processes import port_holder, stop_processes
 from ollama_fleet.state import FRONT, FrontState, ProcessRecord, read_front, read_gateway, write_atomic, write_model
@@ -113,7 +113,9 @@ def front_up(cfg: FleetConfig, progress: Progress) -> FrontReport:
     if live is None:
         holder = port_holder(spec.listen.port, spec.listen.host)
         if holder is not None:
-            raise UserError(f"listen: port {spec.listen.port} for the front is taken by {holder}; pass another --listen")
+            raise UserError(
+                f"listen: port {spec.listen.port} for the front is taken by {holder}; pass another --listen"
+            )
     home.mkdir(mode=0o755, parents=True, exist_ok=True)
     config = home / "haproxy.cfg"
     changed = _write_config(spec, home, config)
@@ -234,7 +236,7 @@ def _redrain(state: FrontState, spec: FrontSpec, home: Path) -> None:
 def _worker(state: FrontState) -> tuple[str, str] | None:
     if state.unit is None:
         return None
-    return front.installed_worker()
+    return installed_worker()
 
 
 def front_drain(state_dir: Path, name: str, timeout: float, progress: Progress) -> int:
@@ -314,7 +316,7 @@ def front_install(cfg: FleetConfig, root: Path, enable: bool, progress: Progress
     assert cfg.state_dir is not None
     home = front_dir(cfg.state_dir)
     spec = _spec(cfg, read_front(home), progress)
-    user = front.installed_worker()
+    user = installed_worker()
     content = front.render(spec, prefix=front.RUN_DIR, config=front.INSTALLED_CONFIG, user=user)
     Haproxy().check(content)
     unit = render("front/ollama-fleet-front.service.j2", haproxy=require_tool("haproxy"), config=front.INSTALLED_CONFIG)

@@ -59,7 +59,7 @@ def front_down_command(
     timeout: Annotated[float, typer.Option("--timeout", help="seconds between SIGTERM and SIGKILL", min=0)] = 10.0,
 ) -> None:
     """Stop the front that `front up` started."""
-    from ollama_fleet.actions.front import front_down, front_dir
+    from ollama_fleet.actions.front import front_dir, front_down
 
     assert cfg.state_dir is not None
     if front_down(cfg.state_dir, timeout):
@@ -115,7 +115,9 @@ def front_status_command(
 def front_render_command(
     cfg: FleetConfig,
     *,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write here (atomically)", metavar="FILE")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write here (atomically)", metavar="FILE")
+    ] = None,
     prefix: Annotated[
         str, typer.Option("--prefix", help="directory of its pid file and admin socket", metavar="DIR")
     ] = "/run/ollama-fleet-front",

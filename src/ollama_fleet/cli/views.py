@@ -298,6 +298,7 @@ def prometheus(report: StatusReport) -> str:
 
     def ratio(value: float | None, scale: float) -> float | None:
         return None if value is None else value / scale
+
     sample("up", report.healthy)
     for g in report.gpus:
         labels = dict(gpu=g.label, uuid=g.uuid or "", name=g.name)
@@ -343,15 +344,26 @@ def front_prometheus(data: dict[str, Any]) -> str:
 def front_view(data: dict[str, Any]) -> Group:
     """`front status`: one row per box."""
     table = _view_table(
-        "box", "address", "state", Column("slots", justify="right"), Column("in flight", justify="right"),
-        Column("queued", justify="right"), "models", title=f"front {data['url']}",
+        "box",
+        "address",
+        "state",
+        Column("slots", justify="right"),
+        Column("in flight", justify="right"),
+        Column("queued", justify="right"),
+        "models",
+        title=f"front {data['url']}",
     )
     for box in data["boxes"]:
         style = "green" if box["state"] == "UP" else "yellow" if box["state"] in ("DRAIN", "MAINT") else "red"
         models = ", ".join(f"{m} ({n})" for m, n in box["models"].items()) or "any"
         table.add_row(
-            box["name"], box["address"] or "-", Text(box["state"], style=style), str(box["slots"] or "-"),
-            str(box["in_flight"]), str(box["queued"]), models,
+            box["name"],
+            box["address"] or "-",
+            Text(box["state"], style=style),
+            str(box["slots"] or "-"),
+            str(box["in_flight"]),
+            str(box["queued"]),
+            models,
         )
     queued = "-" if data["queued"] is None else str(data["queued"])
     return Group(table, Text(f"queued at the front for any box: {queued}"))

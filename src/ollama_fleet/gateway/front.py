@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
-from ollama_fleet.gateway.haproxy import MODEL_PATHS, SOCKET, SOCKET_MAX, body_bytes, installed_worker, stat_rows
+from ollama_fleet.gateway.haproxy import MODEL_PATHS, SOCKET, SOCKET_MAX, body_bytes, stat_rows
 from ollama_fleet.gateway.spec import INFO_SCHEMA, Tls, read_api_keys
 from ollama_fleet.names import canonical, spellings
 from ollama_fleet.values import Box, Listen, box_name, model_name
