@@ -172,6 +172,7 @@ class FrontStatus:
         boxes = {box.name: box for box in self.spec.boxes}
         rows = self.stats.boxes if self.stats else {}
         return {
+            "schema": 1,
             "url": self.url,
             "running": self.running,
             "healthy": self.healthy,
