@@ -46,10 +46,15 @@ def _enter(ns: str) -> None:
 
 
 class Lab:
+    _made = 0
+
     def __init__(self) -> None:
         require_root()
         require_tool("ip")
-        self.prefix = f"ofl{os.getpid() % 100000}"
+        # Unique per lab, also within one test process (a module's lab and a test's own run
+        # side by side): names are how clean-up finds what to kill.
+        Lab._made += 1
+        self.prefix = f"ofl{os.getpid() % 100000}x{Lab._made}"
         self.dir = Path(tempfile.mkdtemp(prefix="fleet-lab-"))
         self.hosts: dict[str, str] = {}  # name -> address
         self.namespaces: list[str] = []

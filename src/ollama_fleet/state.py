@@ -40,6 +40,13 @@ def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
         raise
 
 
+def write_changed(path: Path, content: str, mode: int = 0o644) -> bool:
+    """Write atomically; True when the content differs from what was there."""
+    changed = not path.exists() or path.read_text() != content
+    write_atomic(path, content, mode)
+    return changed
+
+
 class ProcessRecord(BaseModel):
     """A pid and its create time: together they name one process, even after pid reuse."""
 

@@ -14,18 +14,23 @@ import pytest
 from tests.lab import NET, PORT, Lab
 
 FRONT = f"http://{NET}.2:{PORT}"
+BOX_KEY = "sk-box-0123456789"
 
 
 @pytest.fixture(scope="module")
 def lab():
     lab = Lab()
     try:
+        # The boxes want a key; the front presents it (clients of the front need none here).
+        key = lab.dir / "box.key"
+        key.write_text(f"{BOX_KEY}\n")
+        keys = ("--api-keys-file", str(key))
         lab.boxes = [  # type: ignore[attr-defined]
-            lab.box("boxa", 11, 2, "--models", "qwen3=gpu1", FAKE_OLLAMA_TPS="40", FAKE_OLLAMA_PULL_S="0.2"),
-            lab.box("boxb", 12, 2, FAKE_OLLAMA_TPS="40", FAKE_OLLAMA_PULL_S="0.2"),
+            lab.box("boxa", 11, 2, "--models", "qwen3=gpu1", *keys, FAKE_OLLAMA_TPS="40", FAKE_OLLAMA_PULL_S="0.2"),
+            lab.box("boxb", 12, 2, *keys, FAKE_OLLAMA_TPS="40", FAKE_OLLAMA_PULL_S="0.2"),
         ]
         lab.host("front", 2)
-        lab.front_up(boxes=tuple(lab.boxes))  # type: ignore[attr-defined]
+        lab.front_up("--box-key-file", str(key), boxes=tuple(lab.boxes))  # type: ignore[attr-defined]
         yield lab
     finally:
         lab.close()
@@ -52,6 +57,18 @@ def test_the_front_serves_every_box_with_its_slots_and_models(lab: Lab) -> None:
 
     content, box, instance = lab.call("front", chat)
     assert content and box in ("boxa", "boxb") and instance.startswith("gpu")
+    # The boxes refuse a client without their key: it was the front's, in requests and checks.
+    assert lab.call("front", httpx.get, lab.boxes[0] + "/fleet/info").status_code == 401  # type: ignore[attr-defined]
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = lab.front("status", "--format", "prometheus").stdout
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    up = {sample.labels["box"]: sample.value for sample in families["ollama_fleet_front_box_up"].samples}
+    assert up == {"boxa": 1.0, "boxb": 1.0}
+    assert families["ollama_fleet_front_up"].samples[0].value == 1.0
+    table = lab.front("status").stdout
+    assert "boxa" in table and "qwen3:latest (1)" in table
 
 
 def test_a_placed_model_goes_only_to_the_box_that_carries_it(lab: Lab) -> None:
@@ -75,7 +92,8 @@ def test_model_writes_are_refused_at_the_front_and_pull_reaches_every_box(lab: L
     assert "boxa: pulled tinyllama" in result.stdout and "boxb: pulled tinyllama" in result.stdout
 
     def tags(url: str) -> list[str]:
-        return [m["name"] for m in httpx.get(url + "/api/tags").json()["models"]]
+        auth = {"Authorization": f"Bearer {BOX_KEY}"}
+        return [m["name"] for m in httpx.get(url + "/api/tags", headers=auth).json()["models"]]
 
     for url in lab.boxes:  # type: ignore[attr-defined]
         assert "tinyllama:latest" in lab.call("front", tags, url)

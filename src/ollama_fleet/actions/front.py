@@ -22,7 +22,16 @@ from ollama_fleet.gateway.front import FrontBox, FrontSpec, FrontStats
 from ollama_fleet.gateway.haproxy import SOCKET, Haproxy, installed_worker, runtime_command
 from ollama_fleet.gateway.spec import exposure_warning
 from ollama_fleet.processes import port_holder, stop_processes
-from ollama_fleet.state import FRONT, FrontState, ProcessRecord, read_front, read_gateway, write_atomic, write_model
+from ollama_fleet.state import (
+    FRONT,
+    FrontState,
+    ProcessRecord,
+    read_front,
+    read_gateway,
+    write_atomic,
+    write_changed,
+    write_model,
+)
 from ollama_fleet.waiting import wait_until
 
 INFO_TIMEOUT = 3.0  # seconds a box has to answer /fleet/info when the front renders
@@ -84,9 +93,7 @@ def _write_config(spec: FrontSpec, prefix: Path, config: Path, user: tuple[str, 
     """Render, check with `haproxy -c`, write atomically; True when it changed."""
     content = front.render(spec, prefix=prefix, config=config, user=user)
     Haproxy().check(content)
-    changed = not config.exists() or config.read_text() != content
-    write_atomic(config, content, _secret(spec))
-    return changed
+    return write_changed(config, content, _secret(spec))
 
 
 def _record(home: Path, state: FrontState, spec: FrontSpec) -> None:
@@ -284,26 +291,33 @@ def front_render(cfg: FleetConfig, output: Path | None, prefix: Path, check: boo
     return content
 
 
-def pull_targets(cfg: FleetConfig) -> dict[str, str]:
-    """Where `pull` pulls: the boxes given, else the boxes of the front here, else this
-    box's own gateway (its writer instance does the pull)."""
+@dataclass
+class PullTargets:
+    urls: dict[str, str]  # name -> gateway URL
+    key: str | None  # the key presented to them
+
+
+def pull_targets(cfg: FleetConfig) -> PullTargets:
+    """Where `pull` pulls: the boxes given, else the boxes of the front here (with the key
+    it presents), else this box's own gateway (its writer instance does the pull)."""
     assert cfg.state_dir is not None
+    key = front.box_key(cfg)
     if cfg.boxes:
-        return {str(box): box.url for box in cfg.boxes}
+        return PullTargets({str(box): box.url for box in cfg.boxes}, key)
     state = read_front(front_dir(cfg.state_dir))
     if state is not None:
-        return {box.name: box.url for box in FrontSpec.model_validate(state.spec).boxes}
+        spec = FrontSpec.model_validate(state.spec)
+        return PullTargets({box.name: box.url for box in spec.boxes}, key or spec.box_key)
     gateway = read_gateway(cfg.state_dir)
     if gateway is not None and gateway.url:
-        return {"this box": gateway.url}
+        keys = (gateway.spec or {}).get("api_keys") or [None]
+        return PullTargets({"this box": gateway.url}, key or keys[0])
     raise BadInput("box: no box to pull on: give --box URL (repeatable), or run it where a fleet or a front is up")
 
 
-def pull(
-    cfg: FleetConfig, targets: dict[str, str], model: str, report: Callable[[str, dict[str, Any]], None]
-) -> dict[str, str | None]:
+def pull(targets: PullTargets, model: str, report: Callable[[str, dict[str, Any]], None]) -> dict[str, str | None]:
     """Pull `model` on every target at once, each through its own gateway; name -> error."""
-    return probe.pull(targets, model, front.box_key(cfg), report)
+    return probe.pull(targets.urls, model, targets.key, report)
 
 
 def front_install(cfg: FleetConfig, root: Path, enable: bool, progress: Progress) -> list[str]:
@@ -323,9 +337,7 @@ def front_install(cfg: FleetConfig, root: Path, enable: bool, progress: Progress
     unit = render("front/ollama-fleet-front.service.j2", haproxy=require_tool("haproxy"), config=front.INSTALLED_CONFIG)
     written = []
     for path, text, mode in ((front.INSTALLED_CONFIG, content, _secret(spec)), (front.UNIT_FILE, unit, 0o644)):
-        target = on_root(root, path)
-        if not target.exists() or target.read_text() != text:
-            write_atomic(target, text, mode)
+        if write_changed(on_root(root, path), text, mode):
             written.append(str(path))
     state = FrontState(unit=front.UNIT, prefix=front.RUN_DIR, config=front.INSTALLED_CONFIG, url=_url(spec), spec={})
     if root == Path("/"):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -153,7 +154,10 @@ def status_command(
     if watch:
         if shape is not Format.table or output is not None:
             raise BadInput(["watch: --watch refreshes the table; use --format json or prometheus without it"])
-        _watch(cfg.state_dir, timeout, interval)
+        from ollama_fleet.status import gather
+
+        state_dir = cfg.state_dir
+        watch_view(lambda: status_view(gather(state_dir, timeout)), interval)
         return
     report = gather(cfg.state_dir, timeout)
     if shape is Format.table:
@@ -171,16 +175,14 @@ def status_command(
         raise typer.Exit(1)
 
 
-def _watch(home: Path, timeout: float, interval: float) -> None:
+def watch_view(view: Callable[[], Any], interval: float) -> None:
+    """Refresh `view()` in place every `interval` seconds until Ctrl-C."""
     from rich.live import Live
-
-    from ollama_fleet.cli.views import status_view
-    from ollama_fleet.status import gather
 
     with Live(console=out, auto_refresh=False, screen=False) as live:
         try:
             while True:
-                live.update(status_view(gather(home, timeout)), refresh=True)
+                live.update(view(), refresh=True)
                 time.sleep(interval)
         except KeyboardInterrupt:
             return  # Ctrl-C is how one leaves a watch: not an error

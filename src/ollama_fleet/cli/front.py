@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ollama_fleet.cli import Terminal, app, command, out, warn
-from ollama_fleet.cli.fleet import Format
+from ollama_fleet.cli.fleet import Format, watch_view
 from ollama_fleet.cli.options import with_settings
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
@@ -89,15 +88,9 @@ def front_status_command(
     if watch:
         if shape is not Format.table:
             raise BadInput(["watch: --watch refreshes the table; use --format json or prometheus without it"])
-        from rich.live import Live
-
-        with Live(console=out, auto_refresh=False) as live:
-            try:
-                while True:
-                    live.update(front_view(front_status(cfg.state_dir).json_data()), refresh=True)
-                    time.sleep(interval)
-            except KeyboardInterrupt:
-                return
+        state_dir = cfg.state_dir
+        watch_view(lambda: front_view(front_status(state_dir).json_data()), interval)
+        return
     report = front_status(cfg.state_dir)
     data = report.json_data()
     if shape is Format.table:
@@ -211,7 +204,7 @@ def pull_command(
     columns = (TextColumn("{task.fields[box]}"), BarColumn(), DownloadColumn(), TextColumn("{task.description}"))
     with Progress(*columns, console=out, transient=False) as bars:
         targets = pull_targets(cfg)
-        tasks = {name: bars.add_task("waiting", box=name, total=None) for name in targets}
+        tasks = {name: bars.add_task("waiting", box=name, total=None) for name in targets.urls}
 
         def report(name: str, line: dict[str, Any]) -> None:
             update: dict[str, Any] = {"description": str(line.get("status", ""))[:40]}
@@ -219,7 +212,7 @@ def pull_command(
                 update |= {"total": line["total"], "completed": line.get("completed", 0)}
             bars.update(tasks[name], **update)
 
-        results = pull(cfg, targets, model, report)
+        results = pull(targets, model, report)
         for name, error in results.items():
             bars.update(tasks[name], description="[green]done[/green]" if error is None else "[red]failed[/red]")
     failed = {name: error for name, error in results.items() if error is not None}

@@ -9,7 +9,7 @@ from ollama_fleet.errors import UserError
 from ollama_fleet.gateway import Engine
 from ollama_fleet.gateway.spec import GatewaySpec, secret_mode
 from ollama_fleet.processes import port_holder, stop_processes
-from ollama_fleet.state import GATEWAY, GatewayState, ProcessRecord, read_gateway, write_atomic, write_model
+from ollama_fleet.state import GATEWAY, GatewayState, ProcessRecord, read_gateway, write_changed, write_model
 
 
 def preflight(spec: GatewaySpec, state_dir: Path, engine: Engine) -> None:
@@ -33,9 +33,7 @@ def _write_config(engine: Engine, spec: GatewaySpec, prefix: Path, config: Path,
     """Render and check the standalone config, write it atomically; True when it changed."""
     content = engine.render(spec, standalone=True, prefix=prefix, user=user, config=config)
     engine.check(content, standalone=True, prefix=prefix)
-    changed = not config.exists() or config.read_text() != content
-    write_atomic(config, content, secret_mode(spec))
-    return changed
+    return write_changed(config, content, secret_mode(spec))
 
 
 def _record(state_dir: Path, state: GatewayState, spec: GatewaySpec) -> GatewayState:
