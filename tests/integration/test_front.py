@@ -385,3 +385,45 @@ def test_front_render_runs_as_its_header_says_and_installs_as_a_verified_unit(tm
     finally:
         box.close()
         stop(procs)
+
+
+def test_a_plain_ollama_is_a_box_with_the_slots_given_and_is_checked_at_api_version() -> None:
+    import sys
+
+    from tests.helpers import FAKE_OLLAMA, fake_home, subprocess_env
+
+    lab = Lab()
+    try:
+        fleet = lab.box("boxa", 11, 1)
+        plain = lab.host("plain", 13)
+        ollama_serve = lab.spawn(
+            "plain",
+            sys.executable,
+            str(FAKE_OLLAMA),
+            "serve",
+            env=subprocess_env(HOME=fake_home(), OLLAMA_HOST=f"{plain}:11434", OLLAMA_NUM_PARALLEL="2"),
+        )
+        lab.host("front", 2)
+        lab.front_up(boxes=(fleet, f"http://{plain}:11434,slots=2"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and {b["state"] for b in status(lab)["boxes"]} != {"UP"}:
+            time.sleep(0.2)
+        boxes = {box["name"]: box for box in status(lab)["boxes"]}
+        assert {name: (box["state"], box["slots"]) for name, box in boxes.items()} == {
+            "boxa": ("UP", 1),
+            f"{plain}:11434": ("UP", 2),
+        }
+
+        def answered_by() -> set[str]:
+            body = {"model": "llama3.2", "prompt": "x", "stream": False}
+            return {httpx.post(FRONT + "/api/generate", json=body).headers["x-fleet-box"] for _ in range(6)}
+
+        assert lab.call("front", answered_by) == {"boxa", f"{plain}:11434"}
+        ollama_serve.kill()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and status(lab)["boxes"][1]["state"] != "DOWN":
+            time.sleep(0.2)
+        assert [box["state"] for box in status(lab)["boxes"]] == ["UP", "DOWN"]
+        assert lab.front("status").returncode == 1
+    finally:
+        lab.close()
