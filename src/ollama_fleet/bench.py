@@ -344,7 +344,7 @@ def prepare(
             raise BadInput(f"prompts: cannot read {prompts} ({exc.strerror})") from None
         if not texts:
             raise BadInput(f"prompts: {prompts} holds no prompt")
-    headers = {"Authorization": f"Bearer {read_api_keys(api_key_file)[0]}"} if api_key_file else {}
+    headers = {"Authorization": f"Bearer {read_api_keys(api_key_file)[0].key}"} if api_key_file else {}
     base = url.rstrip("/")
     if (problem := check_target(base, model, headers)) is not None:
         raise UserError(problem)

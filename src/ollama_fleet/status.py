@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, computed_field
 from ollama_fleet import pinning, probe
 from ollama_fleet.errors import UserError
 from ollama_fleet.fleet import locate
-from ollama_fleet.gateway import ServerStats, engine_named
+from ollama_fleet.gateway import KeyStats, ServerStats, engine_named
 from ollama_fleet.gpus import Gpu, NvmlUnavailable, discover
 from ollama_fleet.names import canonical
 from ollama_fleet.processes import foreign_ollama
@@ -67,6 +67,7 @@ class GatewayStatus(BaseModel):
     error: str | None = None
     reason: str | None = None  # why there is no gateway
     queued: int | None = None  # requests waiting at the gateway for a free instance (HAProxy)
+    keys: dict[str, KeyStats] = {}  # per key name (HAProxy with named keys)
     note: str | None = None  # why its own counts are missing (no right to read them)
 
 
@@ -131,6 +132,7 @@ def gather(state_dir: Path, timeout: float, system_root: Path = Path("/")) -> St
         counts, gateway.note = None, str(exc)
     servers = counts.servers if counts else {}
     gateway.queued = counts.queued if counts else None
+    gateway.keys = counts.keys if counts else {}
     now = time.time()
     instances = []
     for m in members:

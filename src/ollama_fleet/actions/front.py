@@ -198,6 +198,7 @@ class FrontStatus:
                 }
                 for name, row in rows.items()
             ],
+            "keys": {name: k.model_dump() for name, k in (self.stats.keys if self.stats else {}).items()},
         }
 
 
@@ -310,8 +311,8 @@ def pull_targets(cfg: FleetConfig) -> PullTargets:
         return PullTargets({box.name: box.url for box in spec.boxes}, key or spec.box_key)
     gateway = read_gateway(cfg.state_dir)
     if gateway is not None and gateway.url:
-        keys = (gateway.spec or {}).get("api_keys") or [None]
-        return PullTargets({"this box": gateway.url}, key or keys[0])
+        keys = (gateway.spec or {}).get("api_keys") or [{"key": None}]
+        return PullTargets({"this box": gateway.url}, key or keys[0]["key"])
     raise BadInput("box: no box to pull on: give --box URL (repeatable), or run it where a fleet or a front is up")
 
 

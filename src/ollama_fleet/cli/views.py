@@ -14,6 +14,7 @@ from rich.text import Text
 
 from ollama_fleet.changes import Change
 from ollama_fleet.cli import out
+from ollama_fleet.gateway import KeyStats
 from ollama_fleet.gpus import Discovery
 from ollama_fleet.names import canonical
 from ollama_fleet.plan import Plan
@@ -183,8 +184,30 @@ def status_view(report: StatusReport) -> Group:
     parts: list[Any] = [gpus] if report.gpus else []
     parts += [instances, *problems]
     parts += [models] if models.rows else []
+    parts += [keys_table(gw.keys)] if gw.keys else []
     notes = [Text(f"note: {gw.note}", style="yellow")] if gw.note else []
     return Group(*parts, gateway, *notes)
+
+
+def keys_table(keys: dict[str, Any]) -> Table:
+    """Per key name (never the key): its requests and what they do now."""
+    table = _view_table(
+        "key",
+        *(Column(h, justify="right") for h in ("requests", "in flight", "queued", "429s", "bytes out")),
+        title="keys",
+    )
+    for name, k in sorted(keys.items()):
+        table.add_row(name, str(k.requests), str(k.in_flight), str(k.queued), str(k.rejected), str(k.bytes_out))
+    return table
+
+
+def key_samples(sample: Any, keys: dict[str, Any]) -> None:
+    for name, k in keys.items():
+        sample("key_requests", k.requests, key=name)
+        sample("key_in_flight", k.in_flight, key=name)
+        sample("key_queued", k.queued, key=name)
+        sample("key_rejected", k.rejected, key=name)
+        sample("key_bytes_out", k.bytes_out, key=name)
 
 
 def _server(stats: Any) -> str:
@@ -266,6 +289,11 @@ GAUGES = {
     "model_size_bytes": "memory a loaded model holds in all",
     "gateway_up": "1 when the gateway answers",
     "gateway_queued": "requests waiting at the gateway for a free instance (HAProxy)",
+    "key_requests": "requests with this key name since the gateway (re)started",
+    "key_in_flight": "requests with this key name being answered",
+    "key_queued": "requests with this key name waiting at the queue",
+    "key_rejected": "requests with this key name answered 429 by a limit",
+    "key_bytes_out": "bytes sent for this key name's finished requests",
     "front_up": "1 when the front runs and every box is UP",
     "front_queued": "requests waiting at the front for any box with a free slot",
     "front_box_up": "1 when the front sees the box UP",
@@ -324,6 +352,7 @@ def prometheus(report: StatusReport) -> str:
         labels = dict(engine=report.gateway.engine, listen=report.gateway.listen or "")
         sample("gateway_up", report.gateway.up, **labels)
         sample("gateway_queued", report.gateway.queued, **labels)
+    key_samples(sample, report.gateway.keys)
     return sample.text()
 
 
@@ -338,6 +367,7 @@ def front_prometheus(data: dict[str, Any]) -> str:
         sample("front_box_slots", box["slots"], **labels)
         sample("front_box_in_flight", box["in_flight"], **labels)
         sample("front_box_queued", box["queued"], **labels)
+    key_samples(sample, {name: KeyStats(**counts) for name, counts in data["keys"].items()})
     return sample.text()
 
 
@@ -366,7 +396,8 @@ def front_view(data: dict[str, Any]) -> Group:
             models,
         )
     queued = "-" if data["queued"] is None else str(data["queued"])
-    return Group(table, Text(f"queued at the front for any box: {queued}"))
+    keys = {name: KeyStats(**counts) for name, counts in data["keys"].items()}
+    return Group(table, Text(f"queued at the front for any box: {queued}"), *([keys_table(keys)] if keys else []))
 
 
 def install_lines(done: Any, dry_run: bool) -> list[str]:

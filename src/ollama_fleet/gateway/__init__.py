@@ -86,9 +86,20 @@ class ServerStats(BaseModel):
     in_flight: int
 
 
+class KeyStats(BaseModel):
+    """One key name's counts at an HAProxy queue (its stick tables)."""
+
+    requests: int  # since the gateway started (counts reset when it restarts or reloads)
+    in_flight: int  # being answered
+    queued: int  # waiting for a slot (or for an answer's first byte)
+    rejected: int  # answered 429 by a limit
+    bytes_out: int  # sent to clients, counted as each request ends
+
+
 class GatewayStats(BaseModel):
     queued: int  # requests waiting at the gateway for any free instance
     servers: dict[str, ServerStats]
+    keys: dict[str, KeyStats] = {}  # per key name, with named keys (HAProxy)
 
 
 @dataclass(frozen=True)

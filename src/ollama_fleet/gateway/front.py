@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
-from ollama_fleet.gateway.haproxy import MODEL_PATHS, SOCKET, SOCKET_MAX, body_bytes, stat_rows
+from ollama_fleet.gateway import KeyStats
+from ollama_fleet.gateway.haproxy import MODEL_PATHS, SOCKET, SOCKET_MAX, body_bytes, key_stats, stat_rows
 from ollama_fleet.gateway.spec import INFO_SCHEMA, Tls, read_api_keys
+from ollama_fleet.keys import ApiKey, queue_context
 from ollama_fleet.names import canonical, spellings
 from ollama_fleet.values import Box, Listen, box_name, model_name
 
@@ -93,7 +95,7 @@ class FrontSpec(BaseModel):
     srv: SrvBoxes | None = None
     listen: Listen
     allow: tuple[str, ...]
-    api_keys: tuple[str, ...]
+    api_keys: tuple[ApiKey, ...]
     box_key: str | None
     read_timeout: int
     max_body_size: str
@@ -171,7 +173,7 @@ def box_key(config: FleetConfig) -> str | None:
     keys = read_api_keys(config.box_key_file, field="box_key_file")
     if len(keys) != 1:
         raise BadInput(f"box_key_file: {config.box_key_file} holds {len(keys)} keys; the front presents one")
-    return keys[0]
+    return keys[0].key
 
 
 def spec_from(config: FleetConfig, boxes: list[FrontBox], drained: tuple[str, ...] = ()) -> FrontSpec:
@@ -221,6 +223,7 @@ def render(spec: FrontSpec, *, prefix: Path, config: Path | None = None, user: t
         model_paths=MODEL_PATHS,
         writes=WRITES,
         max_body_bytes=body_bytes(spec.max_body_size),
+        **queue_context(spec.api_keys, spec.read_timeout),
         srv_servers=SRV_SERVERS,
         srv_prefix=SRV_PREFIX,
         main=MAIN,
@@ -240,6 +243,7 @@ class BoxStats(BaseModel):
 class FrontStats(BaseModel):
     queued: int  # requests waiting at the front for any box with a free slot
     boxes: dict[str, BoxStats]
+    keys: dict[str, KeyStats] = {}  # per key name, with named keys
 
 
 def stats(sock: Path) -> FrontStats:
@@ -266,7 +270,7 @@ def stats(sock: Path) -> FrontStats:
         )
     if not boxes and not rows:
         raise UserError(f"the front's HAProxy does not answer on {sock}")
-    return FrontStats(queued=queued, boxes=boxes)
+    return FrontStats(queued=queued, boxes=boxes, keys=key_stats(sock))
 
 
 def check_access(sock: Path) -> None:

@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 
 from ollama_fleet.errors import BadInput, UserError
-from ollama_fleet.gateway import GatewayStats, InstallLayout, ServerStats
+from ollama_fleet.gateway import GatewayStats, InstallLayout, KeyStats, ServerStats
 from ollama_fleet.gateway.spec import REDACTED, GatewaySpec, secret_mode
+from ollama_fleet.keys import queue_context
 from ollama_fleet.processes import require_tool, run_tool
 from ollama_fleet.render import RenderedFile, render
 from ollama_fleet.state import read_gateway
@@ -110,6 +111,7 @@ class Haproxy:
             listen=str(spec.listen),
             allow=spec.allow,
             api_keys=spec.api_keys,
+            **queue_context(spec.api_keys, spec.read_timeout),
             balance=spec.balance,
             read_timeout=spec.read_timeout,
             max_body_bytes=body_bytes(spec.max_body_size),
@@ -181,7 +183,7 @@ class Haproxy:
         # Requests not yet given to a server wait in the backend's queue (leastconn picks
         # the first server with a free slot).
         queued = sum(int(row["qcur"] or 0) for row in rows if row["svname"] == "BACKEND")
-        return GatewayStats(queued=queued, servers=servers)
+        return GatewayStats(queued=queued, servers=servers, keys=key_stats(sock))
 
     def drain(self, state_dir: Path, name: str, timeout: float) -> int:
         """`set server <backend>/<name> state drain` in every backend that has it: no new
@@ -240,6 +242,36 @@ def _set(sock: Path, command: str) -> None:
     answer = runtime_command(sock, command)
     if answer is None or answer.strip():  # HAProxy answers a good `set server` with nothing
         raise UserError(f"HAProxy refused `{command}`: {(answer or 'no answer').strip()}")
+
+
+def _table(sock: Path, name: str) -> dict[str, dict[str, int]]:
+    """`show table NAME`: entry key -> its counters (`use` is how many requests track it now).
+    Lines look like `0x55d2...: key=alice use=2 exp=86399000 http_req_cnt=4 gpc0=0`."""
+    entries = {}
+    for line in (runtime_command(sock, f"show table {name}") or "").splitlines():
+        if line.startswith("#") or ": key=" not in line:
+            continue
+        fields = dict(item.split("=", 1) for item in line.split(": ", 1)[1].split() if "=" in item)
+        entries[fields.pop("key")] = {k: int(v) for k, v in fields.items() if v.lstrip("-").isdigit()}
+    return entries
+
+
+def key_stats(sock: Path) -> dict[str, KeyStats]:
+    """Per key name: requests, in flight, queued, 429s, bytes out (named keys' stick tables;
+    empty without keys). Queued is "tracked at the frontend" minus "being answered"."""
+    answering = _table(sock, "ollama_fleet_answering")
+    found = {}
+    for name, counts in _table(sock, "ollama_fleet_keys").items():
+        busy = counts.get("use", 0)
+        running = min(busy, answering.get(name, {}).get("use", 0))
+        found[name] = KeyStats(
+            requests=counts.get("http_req_cnt", 0),
+            in_flight=running,
+            queued=busy - running,
+            rejected=counts.get("gpc0", 0),
+            bytes_out=counts.get("bytes_out_cnt", 0),
+        )
+    return found
 
 
 def runtime_command(sock: Path, command: str, timeout: float = 2.0) -> str | None:

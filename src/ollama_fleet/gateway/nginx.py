@@ -12,6 +12,7 @@ from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import GatewayStats, InstallLayout
 from ollama_fleet.gateway.lifecycle import redrain
 from ollama_fleet.gateway.spec import REDACTED, GatewaySpec, secret_mode
+from ollama_fleet.keys import tenants
 from ollama_fleet.processes import is_alive, require_tool, run_tool
 from ollama_fleet.render import RenderedFile, render
 from ollama_fleet.state import GatewayState, read_gateway
@@ -57,6 +58,17 @@ class Nginx:
                 "models: routing by model needs the request body's `model`, which only the HAProxy engine reads; "
                 "add --engine haproxy (or remove the placement)"
             )
+        for tenant in tenants(spec.api_keys):
+            if tenant.priority != "normal":
+                raise BadInput(
+                    f"api_keys_file: priority={tenant.priority} (key {tenant.name}) orders a queue, and nginx has "
+                    "none; add --engine haproxy (or drop the priority)"
+                )
+            if tenant.rate is not None and tenant.rate.period == 3600:
+                raise BadInput(
+                    f"api_keys_file: rate={tenant.rate} (key {tenant.name}): nginx counts per second or minute; "
+                    "give N/s or N/m, or add --engine haproxy"
+                )
         snippet = render("nginx/fleet.conf.j2", **_context(spec))
         if not standalone:
             return snippet
@@ -167,4 +179,5 @@ def _context(spec: GatewaySpec) -> dict:
         "tls": spec.tls,
         "drained": spec.drained,
         "info": spec.info,
+        "tenants": tenants(spec.api_keys),
     }

@@ -15,16 +15,13 @@ from pydantic import BaseModel, ConfigDict
 
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput
+from ollama_fleet.keys import ApiKey, read_keys
 from ollama_fleet.names import spellings
 from ollama_fleet.plan import Plan
 from ollama_fleet.values import Listen
 
 if TYPE_CHECKING:
     from ollama_fleet.gateway.front import FrontSpec
-
-# RFC 6750 bearer token characters: nothing that could end a quoted nginx string.
-_KEY = re.compile(r"[A-Za-z0-9._~+/=-]{8,200}")
-
 
 REDACTED = "<redacted>"
 
@@ -56,7 +53,7 @@ class GatewaySpec(BaseModel):
     instances: tuple[Backend, ...]
     listen: Listen
     allow: tuple[str, ...]
-    api_keys: tuple[str, ...]
+    api_keys: tuple[ApiKey, ...]
     balance: str
     read_timeout: int
     max_body_size: str
@@ -70,7 +67,9 @@ class GatewaySpec(BaseModel):
     info: str = "{}"
 
     def redacted(self) -> GatewaySpec:
-        return self.model_copy(update={"api_keys": tuple(REDACTED for _ in self.api_keys)})
+        return self.model_copy(
+            update={"api_keys": tuple(k.model_copy(update={"key": REDACTED}) for k in self.api_keys)}
+        )
 
     @property
     def probe_url(self) -> str:
@@ -82,25 +81,9 @@ class GatewaySpec(BaseModel):
         return f"{'https' if self.tls else 'http'}://{host}:{self.listen.port}"
 
 
-def read_api_keys(path: Path, field: str = "api_keys_file") -> tuple[str, ...]:
-    """One key per line, `#` comments; each key checked so it cannot break out of a config."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise BadInput(f"{field}: cannot read {path} ({exc.strerror})") from None
-    keys = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        if not _KEY.fullmatch(line):
-            # Never echo the line: it may be a secret with a typo.
-            raise BadInput(f"{field}: line {number} of {path} is not a key (8-200 of A-Z a-z 0-9 . _ ~ + / = -)")
-        if line not in keys:
-            keys.append(line)
-    if not keys:
-        raise BadInput(f"{field}: {path} holds no key")
-    return tuple(keys)
+def read_api_keys(path: Path, field: str = "api_keys_file") -> tuple[ApiKey, ...]:
+    """The keys file (keys.py): each key checked so it cannot break out of a config."""
+    return read_keys(path, field)
 
 
 def spec_from(config: FleetConfig, plan: Plan) -> GatewaySpec:
