@@ -107,7 +107,10 @@ class FleetConfig(BaseModel):
     allow: tuple[Network, ...] = Field(
         (), description="client networks allowed through the gateway, besides 127.0.0.1 and ::1 (repeatable)"
     )
-    api_keys_file: SafePath | None = Field(None, description="file of bearer API keys, one per line, `#` comments")
+    api_keys_file: SafePath | None = Field(
+        None,
+        description="file of bearer API keys, one per line (`KEY name=N priority=P max_concurrent=N rate=N/m`), `#` comments",
+    )
     balance: Literal["least_conn", "round_robin", "random"] = Field(
         "least_conn", description="gateway balancing; random = power of two choices with least_conn"
     )
