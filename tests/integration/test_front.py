@@ -332,6 +332,8 @@ def test_front_render_runs_as_its_header_says_and_installs_as_a_verified_unit(tm
     base, procs = start_instances(2)
     box = Gateway(base, 2, "--name", "loop", engine="haproxy")
     config = tmp_path / "front" / "front.cfg"
+    keys = tmp_path / "keys"  # named keys at the front: its own queue's priorities and limits
+    keys.write_text("sk-chat-0123456789 name=chat priority=interactive\nsk-ci-0123456789 name=ci rate=2/m\n")
     port = free_port_range(1)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
@@ -353,14 +355,24 @@ def test_front_render_runs_as_its_header_says_and_installs_as_a_verified_unit(tm
             str(config),
             "--prefix",
             str(tmp_path / "run"),
+            "--api-keys-file",
+            str(keys),
             "--check",
         )
         assert rendered.returncode == 0, rendered.stderr
         command = re.search(r"^#   (haproxy .*)$", config.read_text(), re.M)[1].split()  # type: ignore[index]
         subprocess.run([require_tool("haproxy"), *command[1:]], check=True)
         try:
-            answer = wait_answering(f"http://127.0.0.1:{port}/api/version")
-            assert answer.status_code == 200 and answer.headers["x-fleet-box"] == "loop"
+            url = f"http://127.0.0.1:{port}/api/version"
+            assert wait_answering(url).status_code == 401
+            ci = {"Authorization": "Bearer sk-ci-0123456789"}
+            answers = [httpx.get(url, headers=ci) for _ in range(3)]
+            assert [a.status_code for a in answers] == [200, 200, 429]
+            assert answers[0].headers["x-fleet-box"] == "loop"
+            from ollama_fleet.gateway.front import stats
+
+            counts = stats(tmp_path / "run" / "admin.sock").keys
+            assert (counts["ci"].requests, counts["ci"].rejected) == (3, 1)
         finally:
             os.kill(int((tmp_path / "run" / "haproxy.pid").read_text().split()[0]), signal.SIGTERM)
 
