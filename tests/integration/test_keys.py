@@ -135,5 +135,21 @@ def test_status_shows_each_key_name_never_the_key(fleet, tmp_path: Path) -> None
     rejected = {s.labels["key"]: s.value for s in families["ollama_fleet_key_rejected"].samples}
     assert rejected == {"alice": 1.0, "nightly": 0.0}
     assert "alice" in table and "nightly" in table
-    for shown in (status.stdout, table, prometheus, up.stdout, up.stderr):
+    # The gateway's log, per key name: HAProxy writes it as each request ends.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        used = fleet.run("usage", "--json", "--since", "1h")
+        logged = json.loads(used.stdout)["keys"]
+        if logged.get("alice", {}).get("requests") == 3 and "nightly" in logged:
+            break
+        time.sleep(0.1)
+    assert (logged["alice"]["requests"], logged["alice"]["rejected"], logged["alice"]["errors"]) == (3, 1, 0)
+    assert logged["nightly"]["requests"] == 1 and logged["nightly"]["bytes_out"] > 0
+    assert logged["nightly"]["ttfb_ms"]["p50"] is not None
+    usage_table = fleet.run("usage").stdout
+    assert "alice" in usage_table and "nightly" in usage_table
+    assert json.loads(fleet.run("usage", "--json", "--since", "0s").stdout)["keys"] == {}
+    assert fleet.run("usage", "--since", "yesterday").returncode == 2
+    access_log = (fleet.state / "gateway" / "access.log").read_text()
+    for shown in (status.stdout, table, prometheus, up.stdout, up.stderr, used.stdout, usage_table, access_log):
         assert ALICE not in shown and NIGHTLY not in shown

@@ -87,3 +87,25 @@ def test_priority_classes_keep_the_queue_timeout_under_the_wrap(tmp_path: Path) 
     ordered = read_keys(keys_file(tmp_path, "sk-a-0123456789 priority=batch\n"))
     assert queue_context(ordered, 600)["queue_timeout"] == 520
     assert queue_context(ordered, 300)["queue_timeout"] == 300
+
+
+def test_usage_summarises_the_log_per_key_name_within_the_window() -> None:
+    from ollama_fleet.actions.usage import since_seconds, summarise
+
+    now = 1_000_000.0
+    lines = [
+        "[NOTICE]   (1) : New worker (2) forked",  # HAProxy's own notices are skipped
+        '{"t":999990,"key":"alice","status":200,"bytes":500,"queue_ms":10,"ttfb_ms":40,"total_ms":900,"server":"gpu0"}',
+        '{"t":999995,"key":"alice","status":429,"bytes":90,"queue_ms":-1,"ttfb_ms":-1,"total_ms":0,"server":"<NOSRV>"}',
+        '{"t":999996,"key":"-","status":502,"bytes":0,"queue_ms":0,"ttfb_ms":-1,"total_ms":3,"server":"gpu1"}',
+        '{"t":990000,"key":"alice","status":200,"bytes":500,"queue_ms":1,"ttfb_ms":1,"total_ms":1,"server":"gpu0"}',
+    ]
+    found = summarise(lines, since=60, now=now)
+    assert set(found) == {"alice", "-"}
+    alice = found["alice"].json_data()
+    assert (alice["requests"], alice["rejected"], alice["errors"], alice["bytes_out"]) == (2, 1, 0, 590)
+    assert alice["queue_ms"] == {"p50": 10.0, "p99": 10.0} and alice["ttfb_ms"]["p50"] == 40.0
+    assert found["-"].json_data()["errors"] == 1
+    assert (since_seconds("24h"), since_seconds("7d"), since_seconds("90s")) == (86400, 604800, 90)
+    with pytest.raises(BadInput, match=r"^since: "):
+        since_seconds("1 day")

@@ -1,4 +1,4 @@
-"""Commands that run and steer a fleet: up, down, restart, status, logs."""
+"""Commands that run and steer a fleet: up, down, restart, status, logs, usage."""
 
 from __future__ import annotations
 
@@ -204,3 +204,24 @@ def logs_command(
     show_logs(
         cfg.state_dir, instances or [], follow=follow, lines=lines, write=lambda line: out.print(line, soft_wrap=True)
     )
+
+
+@command("usage")
+@with_settings("state_dir", config_file=False)
+def usage_command(
+    cfg: FleetConfig,
+    *,
+    since: Annotated[str, typer.Option("--since", help="how far back: 30m, 24h, 7d", metavar="DURATION")] = "24h",
+    json_: Annotated[bool, typer.Option("--json", help="machine-readable output (schema in the README)")] = False,
+) -> None:
+    """Per key name, from the gateway's log: requests, errors, 429s, bytes, time in queue, time to first byte."""
+    from ollama_fleet.actions.usage import usage
+    from ollama_fleet.cli.views import usage_table
+
+    assert cfg.state_dir is not None
+    found = usage(cfg.state_dir, since)
+    if json_:
+        data = {"schema": 1, "since": since, "keys": {name: u.json_data() for name, u in sorted(found.items())}}
+        print(json.dumps(data, indent=2))
+    else:
+        out.print(usage_table({name: u.json_data() for name, u in found.items()}, since))

@@ -201,6 +201,27 @@ def keys_table(keys: dict[str, Any]) -> Table:
     return table
 
 
+def usage_table(keys: dict[str, dict[str, Any]], since: str) -> Table:
+    """`usage`: per key name, from the gateway's log."""
+
+    def ms(values: dict[str, float | None]) -> str:
+        return "-" if values["p50"] is None else f"{values['p50']:.0f} / {values['p99']:.0f}"
+
+    table = _view_table(
+        "key",
+        *(Column(h, justify="right") for h in ("requests", "errors", "429s", "bytes out")),
+        Column("queue ms p50/p99", justify="right"),
+        Column("TTFB ms p50/p99", justify="right"),
+        title=f"usage, last {since}",
+    )
+    for name, u in sorted(keys.items()):
+        table.add_row(
+            name, str(u["requests"]), str(u["errors"]), str(u["rejected"]), str(u["bytes_out"]),
+            ms(u["queue_ms"]), ms(u["ttfb_ms"]),
+        )  # fmt: skip
+    return table
+
+
 def key_samples(sample: Any, keys: dict[str, Any]) -> None:
     for name, k in keys.items():
         sample("key_requests", k.requests, key=name)

@@ -18,12 +18,13 @@ from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import GatewayStats, InstallLayout, KeyStats, ServerStats
 from ollama_fleet.gateway.spec import REDACTED, GatewaySpec, secret_mode
 from ollama_fleet.keys import queue_context
-from ollama_fleet.processes import require_tool, run_tool
+from ollama_fleet.processes import require_tool, run_tool, with_log_tail
 from ollama_fleet.render import RenderedFile, render
 from ollama_fleet.state import read_gateway
 from ollama_fleet.waiting import wait_until
 
 PID_FILE = "haproxy.pid"
+ACCESS_LOG = "access.log"  # its stdout under `up`: one JSON line per request
 # Under systemd: its own config and unit, not the distribution's haproxy.service (whose
 # default config has 50 s timeouts that would cut long generations).
 INSTALLED_CONFIG = Path("/etc/ollama-fleet/haproxy.cfg")
@@ -142,14 +143,25 @@ class Haproxy:
             _run([haproxy, "-c", "-f", fh.name], "haproxy -c")  # no -q: it would silence the [ALERT]s
 
     def start(self, prefix: Path, config: Path) -> int:
+        """Start HAProxy in its own session with its stdout (the request log `usage` reads)
+        appended to `prefix`/access.log: under `-D` it would write its log nowhere."""
         self.prepare(prefix)
         (prefix / PID_FILE).unlink(missing_ok=True)
+        log = prefix / ACCESS_LOG
         # -W: master-worker, so a reload (SIGUSR2 to the master) keeps the master's pid and
-        # old workers finish their streams; -D: detach. The config's pidfile holds the master.
-        _run([require_tool("haproxy"), "-W", "-D", "-f", str(config)], "starting haproxy")
+        # old workers finish their streams. The config's pidfile holds the master.
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [require_tool("haproxy"), "-W", "-f", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        wait_until(lambda: self.running(prefix) is not None or proc.poll() is not None, 10)
         pid = self.running(prefix)
-        if pid is None:
-            raise UserError(f"haproxy started but wrote no pid file in {prefix}")
+        if proc.poll() is not None or pid is None:
+            raise UserError(with_log_tail(f"haproxy did not start (exit {proc.poll()})", log))
         return pid
 
     def reload(self, prefix: Path, config: Path) -> None:

@@ -90,7 +90,8 @@ class Nginx:
 
     def redact(self, text: str) -> str:
         """The API keys in a config this engine rendered (old or new) shown as <redacted>."""
-        return re.sub(r'^(\s*"~\^\[A-Z\]\+ Bearer ).*(\$" 1;)$', rf"\g<1>{REDACTED}\g<2>", text, flags=re.M)
+        # Both maps: the key check (`... 1;`) and the key's name (`... alice;`).
+        return re.sub(r'^(\s*"~\^(?:\[A-Z\]\+ )?Bearer ).*(\$" \S+;)$', rf"\g<1>{REDACTED}\g<2>", text, flags=re.M)
 
     def check(self, content: str, *, standalone: bool, prefix: Path | None = None) -> None:
         """`nginx -t`: a standalone config where it will run (under `prefix`), a snippet
