@@ -69,6 +69,9 @@ def test_the_front_serves_every_box_with_its_slots_and_models(lab: Lab) -> None:
     assert families["ollama_fleet_front_up"].samples[0].value == 1.0
     table = lab.front("status").stdout
     assert "boxa" in table and "qwen3:latest (1)" in table
+    # The front's log, per key name ("-": its clients bring no key here).
+    used = json.loads(lab.front("usage", "--json", "--since", "1h").stdout)["keys"]
+    assert used["-"]["requests"] >= 2 and used["-"]["errors"] == 0
 
 
 def test_a_placed_model_goes_only_to_the_box_that_carries_it(lab: Lab) -> None:

@@ -86,9 +86,33 @@ def summarise(lines: list[str], since: int, now: float | None = None) -> dict[st
     return found
 
 
+def _read(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise UserError(f"cannot read the gateway's log {path} ({exc.strerror})") from None
+
+
+def _journal(unit: str, since: int) -> list[str]:
+    journalctl = shutil.which("journalctl")
+    if journalctl is None:
+        raise UserError(f"usage of {unit} reads its journal, and journalctl is not installed")
+    proc = subprocess.run(
+        [journalctl, "-u", unit, "-o", "cat", "--no-pager", "-q", "--since", f"-{since}s"],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise UserError(f"journalctl -u {unit} failed: {proc.stderr.strip()}")
+    return proc.stdout.splitlines()
+
+
 def log_lines(state_dir: Path, since: int) -> list[str]:
     """The gateway's log: `up`'s access.log, else the journal of the installed gateway's unit."""
     from ollama_fleet.fleet import locate
+    from ollama_fleet.gateway.haproxy import UNIT
 
     fleet = locate(state_dir)
     gateway = fleet.gateway()
@@ -99,28 +123,22 @@ def log_lines(state_dir: Path, since: int) -> list[str]:
         )
     if fleet.source == "up":
         assert gateway.prefix is not None
-        path = gateway.prefix / ACCESS_LOG
-        try:
-            return path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise UserError(f"cannot read the gateway's log {path} ({exc.strerror})") from None
-    journalctl = shutil.which("journalctl")
-    if journalctl is None:
-        raise UserError("usage of a gateway under systemd reads its journal, and journalctl is not installed")
-    from ollama_fleet.gateway.haproxy import UNIT
-
-    proc = subprocess.run(
-        [journalctl, "-u", UNIT, "-o", "cat", "--no-pager", "-q", "--since", f"-{since}s"],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise UserError(f"journalctl -u {UNIT} failed: {proc.stderr.strip()}")
-    return proc.stdout.splitlines()
+        return _read(gateway.prefix / ACCESS_LOG)
+    return _journal(UNIT, since)
 
 
-def usage(state_dir: Path, since: str) -> dict[str, KeyUsage]:
+def front_log_lines(state_dir: Path, since: int) -> list[str]:
+    """The front's log: its access.log under `front up`, else its unit's journal."""
+    from ollama_fleet.actions.front import front_dir
+    from ollama_fleet.state import read_front
+
+    state = read_front(front_dir(state_dir))
+    if state is None:
+        raise UserError(f"no front is recorded in {front_dir(state_dir)}: start one with `ollama-fleet front up`")
+    return _journal(state.unit, since) if state.unit else _read(state.prefix / ACCESS_LOG)
+
+
+def usage(state_dir: Path, since: str, front: bool = False) -> dict[str, KeyUsage]:
+    """Per key name, the requests of the last `since` through this box's gateway (or the front)."""
     seconds = since_seconds(since)
-    return summarise(log_lines(state_dir, seconds), seconds)
+    return summarise((front_log_lines if front else log_lines)(state_dir, seconds), seconds)

@@ -206,22 +206,28 @@ def logs_command(
     )
 
 
+SinceOpt = Annotated[str, typer.Option("--since", help="how far back: 30m, 24h, 7d", metavar="DURATION")]
+
+
 @command("usage")
 @with_settings("state_dir", config_file=False)
 def usage_command(
     cfg: FleetConfig,
     *,
-    since: Annotated[str, typer.Option("--since", help="how far back: 30m, 24h, 7d", metavar="DURATION")] = "24h",
+    since: SinceOpt = "24h",
     json_: Annotated[bool, typer.Option("--json", help="machine-readable output (schema in the README)")] = False,
 ) -> None:
     """Per key name, from the gateway's log: requests, errors, 429s, bytes, time in queue, time to first byte."""
+    show_usage(cfg, since, json_, front=False)
+
+
+def show_usage(cfg: FleetConfig, since: str, json_: bool, front: bool) -> None:
     from ollama_fleet.actions.usage import usage
     from ollama_fleet.cli.views import usage_table
 
     assert cfg.state_dir is not None
-    found = usage(cfg.state_dir, since)
+    found = {name: u.json_data() for name, u in sorted(usage(cfg.state_dir, since, front=front).items())}
     if json_:
-        data = {"schema": 1, "since": since, "keys": {name: u.json_data() for name, u in sorted(found.items())}}
-        print(json.dumps(data, indent=2))
+        print(json.dumps({"schema": 1, "since": since, "keys": found}, indent=2))
     else:
-        out.print(usage_table({name: u.json_data() for name, u in found.items()}, since))
+        out.print(usage_table(found, since))

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from ollama_fleet.cli import Terminal, app, command, out, warn
-from ollama_fleet.cli.fleet import Format, watch_view
+from ollama_fleet.cli.fleet import Format, SinceOpt, show_usage, watch_view
 from ollama_fleet.cli.options import with_settings
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
@@ -183,6 +183,18 @@ def front_install_command(
         out.print("unchanged")
     if root is None:
         out.print(f"{UNIT} is enabled and running")
+
+
+@command("usage", group=front_app)
+@with_settings("state_dir", config_file=False)
+def front_usage_command(
+    cfg: FleetConfig,
+    *,
+    since: SinceOpt = "24h",
+    json_: Annotated[bool, typer.Option("--json", help="machine-readable output (schema in the README)")] = False,
+) -> None:
+    """Per key name, from the front's log: requests, errors, 429s, bytes, time in queue, time to first byte."""
+    show_usage(cfg, since, json_, front=True)
 
 
 @command("pull")
