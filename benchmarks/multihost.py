@@ -39,7 +39,7 @@ TARGETS = {"p99": 1.2, "scale": 2.9, "lost": 0, "end": 3.0, "down": 3.0, "up": 3
 
 
 def main() -> int:
-    from common import ROOT, pareto_lengths
+    from common import pareto_lengths
     from dispatch import central_queue
     from ollama_fleet.bench import quantile, run_load
     from ollama_fleet.gateway.front import stats
@@ -126,7 +126,6 @@ def main() -> int:
         f"SRV records: a box added serves after {srv['join']:.1f}s, a box removed stops receiving after "
         f"{srv['leave']:.1f}s; front pid unchanged: {srv['same_pid']}"
     )
-    del ROOT
     return 0
 
 
