@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ollama_fleet.cli.views import prometheus
+from ollama_fleet.cli.metrics import prometheus
 from ollama_fleet.status import expires_in, parse_rfc3339
 
 

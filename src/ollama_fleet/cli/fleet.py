@@ -145,7 +145,8 @@ def status_command(
 ) -> None:
     """GPUs, instances (pid, uptime, health, version, loaded models) and the gateway; exit 0 when all are healthy."""
     from ollama_fleet.actions.up import warn_others
-    from ollama_fleet.cli.views import prometheus, status_view
+    from ollama_fleet.cli.metrics import prometheus
+    from ollama_fleet.cli.views import status_view
     from ollama_fleet.state import write_atomic
     from ollama_fleet.status import gather
 

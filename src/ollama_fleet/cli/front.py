@@ -81,7 +81,8 @@ def front_status_command(
 ) -> None:
     """Per box: state, slots, requests in flight and queued at the front, models; exit 0 when every box is UP."""
     from ollama_fleet.actions.front import front_status
-    from ollama_fleet.cli.views import front_prometheus, front_view
+    from ollama_fleet.cli.metrics import front_prometheus
+    from ollama_fleet.cli.views import front_view
 
     assert cfg.state_dir is not None
     shape = Format.json if json_ else format_
