@@ -1,6 +1,6 @@
-"""Views: every report as a rich table, JSON (schema 1, documented in the README) or the
-Prometheus textfile format. Only the CLI calls them; they print nothing themselves but the
-`print_*` helpers, which write to the CLI's consoles."""
+"""Views: every report as a rich table or JSON (schema 1, documented in the README); the
+Prometheus textfile format is cli/metrics.py. Only the CLI calls them; they print nothing
+themselves but the `print_*` helpers, which write to the CLI's consoles."""
 
 from __future__ import annotations
 
