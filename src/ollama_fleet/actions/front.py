@@ -153,9 +153,12 @@ def _stats_or_none(sock: Path) -> FrontStats | None:
 
 
 def front_down(state_dir: Path, timeout: float) -> bool:
-    """Stop the front `front up` started; False when there was none."""
+    """Stop the front `front up` started; False when there was none. An installed front is
+    systemd's to stop (UserError saying how)."""
     home = front_dir(state_dir)
     state = read_front(home)
+    if state is not None and state.unit is not None:
+        raise UserError(f"the front is installed: systemctl disable --now {state.unit}")
     if state is None or state.process is None:
         return False
     stop_processes([state.process], timeout)
