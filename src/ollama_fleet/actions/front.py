@@ -8,6 +8,7 @@ socket in /run/ollama-fleet-front, and front.json still records the spec.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +126,7 @@ def front_up(cfg: FleetConfig, progress: Progress) -> FrontReport:
             )
     home.mkdir(mode=0o755, parents=True, exist_ok=True)
     config = home / "haproxy.cfg"
-    changed = _write_config(spec, home, config)
+    changed = _write_config(spec, home, config, _worker())
     engine = Haproxy()
     if live is not None:
         action = "reloaded" if changed else "unchanged"
@@ -245,10 +246,10 @@ def _redrain(state: FrontState, spec: FrontSpec, home: Path) -> None:
     _record(home, state, spec)
 
 
-def _worker(state: FrontState) -> tuple[str, str] | None:
-    if state.unit is None:
-        return None
-    return installed_worker()
+def _worker(state: FrontState | None = None) -> tuple[str, str] | None:
+    """Who HAProxy's workers run as: started by root (`front up` as root, or systemd), the
+    distribution's `haproxy` user, never root; else the caller itself."""
+    return installed_worker() if (state is not None and state.unit) or os.geteuid() == 0 else None
 
 
 def front_drain(state_dir: Path, name: str, timeout: float, progress: Progress) -> int:
