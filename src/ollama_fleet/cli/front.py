@@ -215,8 +215,8 @@ def pull_command(
     except ValueError as exc:
         raise BadInput(f"model: {exc} (got {model[:60]!r})") from None
     columns = (TextColumn("{task.fields[box]}"), BarColumn(), DownloadColumn(), TextColumn("{task.description}"))
+    targets = pull_targets(cfg)
     with Progress(*columns, console=out, transient=False) as bars:
-        targets = pull_targets(cfg)
         tasks = {name: bars.add_task("waiting", box=name, total=None) for name in targets.urls}
 
         def report(name: str, line: dict[str, Any]) -> None:
