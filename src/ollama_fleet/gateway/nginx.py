@@ -8,6 +8,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import psutil
+
 from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import GatewayStats, InstallLayout
 from ollama_fleet.gateway.lifecycle import redrain
@@ -146,15 +148,35 @@ class Nginx:
         """Re-render with the server `down` and reload: new workers never send it a request;
         the old ones finish theirs and exit. Wait for them (nginx counts no requests)."""
         state = _running_state(state_dir)
-        master = state.process.process() if state.process else None
-        old = master.children() if master else []
-        redrain(self, state_dir, state, tuple(dict.fromkeys([*_spec(state).drained, name])))
+        old = _reload(self, state_dir, state, tuple(dict.fromkeys([*_spec(state).drained, name])))
         wait_until(lambda: not any(is_alive(w) for w in old), timeout)
         return sum(is_alive(w) for w in old)
 
     def undrain(self, state_dir: Path, name: str, timeout: float) -> None:
         state = _running_state(state_dir)
-        redrain(self, state_dir, state, tuple(n for n in _spec(state).drained if n != name))
+        _reload(self, state_dir, state, tuple(n for n in _spec(state).drained if n != name))
+
+
+def _reload(engine: Nginx, state_dir: Path, state: GatewayState, drained: tuple[str, ...]) -> list[psutil.Process]:
+    """Re-render with `drained`, reload, and wait until the master runs workers of the new
+    config; returns the workers from before (they finish their requests, then exit).
+
+    Waiting for the new workers matters: a reload (SIGHUP) is applied later, and a drain
+    that took its snapshot of workers while an undrain's reload was still pending would
+    miss the workers that reload starts, and restart an instance they still stream from."""
+    master = state.process.process() if state.process else None
+    old = _workers(master)
+    redrain(engine, state_dir, state, drained)
+    known = {w.pid for w in old}
+    wait_until(lambda: master is None or any(w.pid not in known for w in _workers(master)), 5)
+    return old
+
+
+def _workers(master: psutil.Process | None) -> list[psutil.Process]:
+    try:
+        return master.children() if master is not None else []
+    except psutil.Error:
+        return []
 
 
 def _running_state(state_dir: Path) -> GatewayState:
