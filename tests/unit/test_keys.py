@@ -109,3 +109,20 @@ def test_usage_summarises_the_log_per_key_name_within_the_window() -> None:
     assert (since_seconds("24h"), since_seconds("7d"), since_seconds("90s")) == (86400, 604800, 90)
     with pytest.raises(BadInput, match=r"^since: "):
         since_seconds("1 day")
+
+
+def test_a_gateway_state_written_before_named_keys_still_reads() -> None:
+    from ollama_fleet.gateway.spec import GatewaySpec
+
+    old = {
+        "instances": [{"name": "gpu0", "address": "127.0.0.1:11534", "slots": 1}],
+        "listen": {"host": "127.0.0.1", "port": 8080},
+        "allow": [],
+        "api_keys": ["sk-fleet-0123456789"],
+        "balance": "least_conn",
+        "read_timeout": 600,
+        "max_body_size": "100m",
+        "tls": None,
+    }
+    (key,) = GatewaySpec.model_validate(old).api_keys
+    assert (key.key, key.name, key.priority) == ("sk-fleet-0123456789", "key1", "normal")

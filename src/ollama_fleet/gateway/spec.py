@@ -9,9 +9,9 @@ import json
 import re
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput
@@ -65,6 +65,15 @@ class GatewaySpec(BaseModel):
     # answers itself, so it never waits for a slot. In the config, so the description and
     # the routing it describes are always the same render.
     info: str = "{}"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _plain_keys(cls, value: Any) -> Any:
+        # gateway.json written before keys had names holds plain strings: read them as
+        # the keys file does (key1, key2 ...), so a running fleet survives the upgrade.
+        if isinstance(value, (list, tuple)):
+            return [{"key": k, "name": f"key{n}"} if isinstance(k, str) else k for n, k in enumerate(value, 1)]
+        return value
 
     def redacted(self) -> GatewaySpec:
         return self.model_copy(
