@@ -326,14 +326,19 @@ def pull(targets: PullTargets, model: str, report: Callable[[str, dict[str, Any]
 
 
 def front_install(cfg: FleetConfig, root: Path, enable: bool, progress: Progress) -> list[str]:
-    """The front as ollama-fleet-front.service: its config and unit written (checked by
-    `haproxy -c` and `systemd-analyze verify`), then started, or reloaded when it changed."""
+    """The front as ollama-fleet-front.service: its config (checked by `haproxy -c`) and unit
+    written under `root`, then, with `enable`, started, or reloaded when the config changed."""
+    from ollama_fleet.accounts import is_root
     from ollama_fleet.processes import find_tool, require_tool
     from ollama_fleet.render import render
     from ollama_fleet.systemctl import Systemctl
     from ollama_fleet.systemd import on_root
 
     assert cfg.state_dir is not None
+    if root == Path("/") and not is_root():
+        raise UserError(
+            "front install-systemd writes to /etc/systemd/system: run it as root, or stage the files with --root DIR"
+        )
     home = front_dir(cfg.state_dir)
     spec = _spec(cfg, read_front(home), progress)
     user = installed_worker()
