@@ -33,11 +33,12 @@ def _url(address: str, path: str) -> str:
 def _tls() -> ssl.SSLContext:
     # httpx builds (and loads CA certificates into) a new TLS context for every client:
     # ~50 ms of CPU, which `up`'s readiness loop would otherwise pay every 50 ms while the
-    # instances start. The probes speak plain HTTP; one context serves them all.
+    # instances start. One context serves every client; it trusts the system's CAs, as the
+    # front's HAProxy does (`ca-file @system-ca`) for boxes behind https.
     return ssl.create_default_context()
 
 
-def _client(timeout: float) -> httpx.AsyncClient:
+def _client(timeout: float | None) -> httpx.AsyncClient:
     import httpx
 
     return httpx.AsyncClient(timeout=timeout, trust_env=False, verify=_tls())
@@ -221,18 +222,11 @@ def box_infos(urls: list[str], key: str | None, timeout: float) -> dict[str, Any
     """`GET /fleet/info` of every box at once: its JSON, or (a str) why there is none."""
 
     async def run() -> dict[str, Any]:
-        async with httpx_client(timeout) as client:
+        async with _client(timeout) as client:
             found = await asyncio.gather(*(_box_info(client, url, key) for url in urls))
         return dict(zip(urls, found, strict=True))
 
     return asyncio.run(run()) if urls else {}
-
-
-def httpx_client(timeout: float | None) -> httpx.AsyncClient:
-    """A client for other machines: TLS verified against the system's CAs."""
-    import httpx
-
-    return httpx.AsyncClient(timeout=timeout, trust_env=False)
 
 
 async def _pull(
@@ -273,7 +267,7 @@ def pull(
 
     async def run() -> dict[str, str | None]:
         # No read timeout: a large model's layer may take minutes between progress lines.
-        async with httpx_client(None) as client:
+        async with _client(None) as client:
             found = await asyncio.gather(
                 *(_pull(client, url, model, key, functools.partial(report, name)) for name, url in targets.items())
             )
