@@ -102,13 +102,6 @@ def _record(home: Path, state: FrontState, spec: FrontSpec) -> None:
     write_model(home / FRONT, state, _secret(spec))
 
 
-def _url(spec: FrontSpec) -> str:
-    host = spec.listen.host
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    host = f"[{host}]" if ":" in host else host
-    return f"{'https' if spec.tls else 'http'}://{host}:{spec.listen.port}"
-
-
 def front_up(cfg: FleetConfig, progress: Progress) -> FrontReport:
     """Start the front, or re-read the boxes and reload it (streams go on in old workers)."""
     assert cfg.state_dir is not None
@@ -135,10 +128,10 @@ def front_up(cfg: FleetConfig, progress: Progress) -> FrontReport:
     else:
         live = ProcessRecord.of(engine.start(home, config))
         action = "started"
-    _record(home, FrontState(process=live, prefix=home, config=config, url=_url(spec), spec={}), spec)
+    _record(home, FrontState(process=live, prefix=home, config=config, url=spec.probe_url, spec={}), spec)
     progress.status("waiting for the boxes' first checks")
     wait_until(lambda: _checked(home / SOCKET), 5)
-    return FrontReport(action=action, url=_url(spec), spec=spec, stats=_stats_or_none(home / SOCKET))
+    return FrontReport(action=action, url=spec.probe_url, spec=spec, stats=_stats_or_none(home / SOCKET))
 
 
 def _checked(sock: Path) -> bool:
@@ -349,7 +342,9 @@ def front_install(cfg: FleetConfig, root: Path, enable: bool, progress: Progress
     for path, text, mode in ((front.INSTALLED_CONFIG, content, _secret(spec)), (front.UNIT_FILE, unit, 0o644)):
         if write_changed(on_root(root, path), text, mode):
             written.append(str(path))
-    state = FrontState(unit=front.UNIT, prefix=front.RUN_DIR, config=front.INSTALLED_CONFIG, url=_url(spec), spec={})
+    state = FrontState(
+        unit=front.UNIT, prefix=front.RUN_DIR, config=front.INSTALLED_CONFIG, url=spec.probe_url, spec={}
+    )
     if root == Path("/"):
         home.mkdir(mode=0o755, parents=True, exist_ok=True)
         _record(home, state, spec)

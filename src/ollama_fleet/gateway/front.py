@@ -19,7 +19,7 @@ from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import KeyStats
 from ollama_fleet.gateway.haproxy import MODEL_PATHS, SOCKET, SOCKET_MAX, body_bytes, key_stats, stat_rows
-from ollama_fleet.gateway.spec import INFO_SCHEMA, Tls, read_api_keys
+from ollama_fleet.gateway.spec import INFO_SCHEMA, Tls, local_url, read_api_keys
 from ollama_fleet.keys import ApiKey, queue_context
 from ollama_fleet.names import canonical, spellings
 from ollama_fleet.values import Box, Listen, box_name, model_name
@@ -101,6 +101,10 @@ class FrontSpec(BaseModel):
     max_body_size: str
     tls: Tls | None
     drained: tuple[str, ...] = ()
+
+    @property
+    def probe_url(self) -> str:
+        return local_url(self.listen, self.tls is not None)
 
     @property
     def routes(self) -> tuple[FrontRoute, ...]:

@@ -82,12 +82,15 @@ class GatewaySpec(BaseModel):
 
     @property
     def probe_url(self) -> str:
-        """Where the gateway answers from this machine (a wildcard listen answers on loopback)."""
-        host = self.listen.host
-        if host in ("0.0.0.0", "::"):
-            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
-        host = f"[{host}]" if ":" in host else host
-        return f"{'https' if self.tls else 'http'}://{host}:{self.listen.port}"
+        return local_url(self.listen, self.tls is not None)
+
+
+def local_url(listen: Listen, tls: bool) -> str:
+    """Where a gateway (or the front) answers from this machine: a wildcard listen answers
+    on loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listen.host, listen.host)
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if tls else 'http'}://{host}:{listen.port}"
 
 
 def read_api_keys(path: Path, field: str = "api_keys_file") -> tuple[ApiKey, ...]:
