@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import KeyStats
-from ollama_fleet.gateway.haproxy import MODEL_PATHS, SOCKET, SOCKET_MAX, body_bytes, key_stats, stat_rows
-from ollama_fleet.gateway.spec import INFO_SCHEMA, Tls, local_url, read_api_keys
+from ollama_fleet.gateway.haproxy import MODEL_PATHS, body_bytes, check_inputs, key_stats, stat_rows
+from ollama_fleet.gateway.spec import INFO_SCHEMA, Tls, local_url, read_api_keys, tls_of
 from ollama_fleet.keys import ApiKey, queue_context
 from ollama_fleet.names import canonical, spellings
 from ollama_fleet.values import Box, Listen, box_name, model_name
@@ -183,14 +183,6 @@ def box_key(config: FleetConfig) -> str | None:
 def spec_from(config: FleetConfig, boxes: list[FrontBox], drained: tuple[str, ...] = ()) -> FrontSpec:
     if not boxes and config.box_srv is None:
         raise BadInput("boxes: a front needs boxes: --box URL (repeatable) or --box-srv NAME --box-slots N")
-    tls = None
-    if config.tls_cert is not None and config.tls_key is not None:
-        for field, path in (("tls_cert", config.tls_cert), ("tls_key", config.tls_key)):
-            if not path.is_file():
-                raise BadInput(f"{field}: {path} does not exist")
-        if config.tls_key not in (config.tls_cert, Path(f"{config.tls_cert}.key")):
-            raise BadInput("tls_key: HAProxy reads the key from the certificate file; pass one PEM as both")
-        tls = Tls(cert=config.tls_cert.absolute(), key=config.tls_key.absolute())
     srv = None
     if config.box_srv is not None and config.box_slots is not None:
         srv = SrvBoxes(
@@ -206,7 +198,7 @@ def spec_from(config: FleetConfig, boxes: list[FrontBox], drained: tuple[str, ..
         box_key=box_key(config),
         read_timeout=config.read_timeout,
         max_body_size=config.max_body_size,
-        tls=tls,
+        tls=tls_of(config),
         drained=tuple(name for name in drained if name in names),
     )
 
@@ -215,8 +207,7 @@ def render(spec: FrontSpec, *, prefix: Path, config: Path | None = None, user: t
     """The front's haproxy.cfg: pure. `prefix` holds its pid file and admin socket."""
     from ollama_fleet.render import render as render_template
 
-    if len(str(prefix / SOCKET)) > SOCKET_MAX:
-        raise BadInput(f"state_dir: the admin socket path under {prefix} is too long for a Unix socket")
+    check_inputs(prefix, spec.tls)
     return render_template(
         "front/haproxy.cfg.j2",
         spec=spec,

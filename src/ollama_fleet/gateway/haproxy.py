@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import GatewayStats, InstallLayout, KeyStats, ServerStats
-from ollama_fleet.gateway.spec import REDACTED, GatewaySpec, secret_mode
+from ollama_fleet.gateway.spec import REDACTED, GatewaySpec, Tls, secret_mode
 from ollama_fleet.keys import queue_context
 from ollama_fleet.processes import require_tool, run_tool, with_log_tail
 from ollama_fleet.render import RenderedFile, render
@@ -95,17 +95,7 @@ class Haproxy:
     ) -> str:
         """Always a complete haproxy.cfg (`standalone` is accepted for symmetry with nginx);
         `prefix` holds its pid file and admin socket."""
-        sock = prefix / SOCKET
-        if len(str(sock)) > SOCKET_MAX:
-            raise BadInput(
-                f"prefix: the admin socket path {sock} is longer than {SOCKET_MAX} bytes (a Unix socket limit); "
-                "choose a shorter --state-dir or --prefix"
-            )
-        if spec.tls is not None and spec.tls.key not in (spec.tls.cert, Path(f"{spec.tls.cert}.key")):
-            raise BadInput(
-                f"tls_key: HAProxy reads the key from the certificate file or from {spec.tls.cert}.key; "
-                "put both in one PEM (cat cert key > both.pem) and pass it as --tls-cert and --tls-key"
-            )
+        check_inputs(prefix, spec.tls)
         return render(
             "haproxy/haproxy.cfg.j2",
             instances=spec.instances,
@@ -213,6 +203,22 @@ class Haproxy:
             _set(sock, f"set server {backend}/{name} state ready")
         if not wait_until(lambda: all(status == "UP" for status in _rows_of(sock, name).values()), timeout):
             raise UserError(f"{name} is not UP at the gateway {timeout:g}s after its restart")
+
+
+def check_inputs(prefix: Path, tls: Tls | None) -> None:
+    """What HAProxy cannot take, in a box gateway's config or the front's: an admin socket
+    path past the Unix limit, a TLS key it cannot find."""
+    sock = prefix / SOCKET
+    if len(str(sock)) > SOCKET_MAX:
+        raise BadInput(
+            f"prefix: the admin socket path {sock} is longer than {SOCKET_MAX} bytes (a Unix socket limit); "
+            "choose a shorter --state-dir or --prefix"
+        )
+    if tls is not None and tls.key not in (tls.cert, Path(f"{tls.cert}.key")):
+        raise BadInput(
+            f"tls_key: HAProxy reads the key from the certificate file or from {tls.cert}.key; "
+            "put both in one PEM (cat cert key > both.pem) and pass it as --tls-cert and --tls-key"
+        )
 
 
 def _socket(state_dir: Path) -> Path:

@@ -98,13 +98,17 @@ def read_api_keys(path: Path, field: str = "api_keys_file") -> tuple[ApiKey, ...
     return read_keys(path, field)
 
 
+def tls_of(config: FleetConfig) -> Tls | None:
+    """The TLS pair of a gateway or the front, both files there (config.py checked they go together)."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    for field, path in (("tls_cert", config.tls_cert), ("tls_key", config.tls_key)):
+        if not path.is_file():
+            raise BadInput(f"{field}: {path} does not exist")
+    return Tls(cert=config.tls_cert.absolute(), key=config.tls_key.absolute())
+
+
 def spec_from(config: FleetConfig, plan: Plan) -> GatewaySpec:
-    tls = None
-    if config.tls_cert is not None and config.tls_key is not None:
-        for field, path in (("tls_cert", config.tls_cert), ("tls_key", config.tls_key)):
-            if not path.is_file():
-                raise BadInput(f"{field}: {path} does not exist")
-        tls = Tls(cert=config.tls_cert.absolute(), key=config.tls_key.absolute())
     backends = {i.name: Backend(name=i.name, address=i.address, slots=_slots(i.env)) for i in plan.instances}
     routes = tuple(
         ModelRoute(
@@ -124,7 +128,7 @@ def spec_from(config: FleetConfig, plan: Plan) -> GatewaySpec:
         balance=config.balance,
         read_timeout=config.read_timeout,
         max_body_size=config.max_body_size,
-        tls=tls,
+        tls=tls_of(config),
         metrics_port=config.metrics_port,
     )
 
