@@ -76,3 +76,19 @@ def journal_lines(unit: str) -> list[str] | None:
         text=True,
     )
     return proc.stdout.splitlines() if proc.returncode == 0 else None
+
+
+def journal_since(unit: str, seconds: int) -> list[str]:
+    """What the unit wrote in the last `seconds` (all its runs); UserError when the journal
+    cannot be read."""
+    journalctl = shutil.which("journalctl")
+    if journalctl is None:
+        raise UserError(f"reading the journal of {unit} needs journalctl, which is not installed")
+    proc = subprocess.run(
+        [journalctl, "-u", unit, "-o", "cat", "--no-pager", "-q", "--since", f"-{seconds}s"],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise UserError(f"journalctl -u {unit} failed: {proc.stderr.strip()}")
+    return proc.stdout.splitlines()

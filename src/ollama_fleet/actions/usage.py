@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ollama_fleet.errors import BadInput, UserError
+from ollama_fleet.systemctl import journal_since
 
 ACCESS_LOG = "access.log"
 _SINCE = re.compile(r"(\d+)([smhd])")
@@ -95,20 +94,6 @@ def _read(path: Path) -> list[str]:
         raise UserError(f"cannot read the gateway's log {path} ({exc.strerror})") from None
 
 
-def _journal(unit: str, since: int) -> list[str]:
-    journalctl = shutil.which("journalctl")
-    if journalctl is None:
-        raise UserError(f"usage of {unit} reads its journal, and journalctl is not installed")
-    proc = subprocess.run(
-        [journalctl, "-u", unit, "-o", "cat", "--no-pager", "-q", "--since", f"-{since}s"],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise UserError(f"journalctl -u {unit} failed: {proc.stderr.strip()}")
-    return proc.stdout.splitlines()
-
-
 def log_lines(state_dir: Path, since: int) -> list[str]:
     """The gateway's log: `up`'s access.log, else the journal of the installed gateway's unit."""
     from ollama_fleet.fleet import locate
@@ -124,7 +109,7 @@ def log_lines(state_dir: Path, since: int) -> list[str]:
     if fleet.source == "up":
         assert gateway.prefix is not None
         return _read(gateway.prefix / ACCESS_LOG)
-    return _journal(UNIT, since)
+    return journal_since(UNIT, since)
 
 
 def front_log_lines(state_dir: Path, since: int) -> list[str]:
@@ -135,7 +120,7 @@ def front_log_lines(state_dir: Path, since: int) -> list[str]:
     state = read_front(front_dir(state_dir))
     if state is None:
         raise UserError(f"no front is recorded in {front_dir(state_dir)}: start one with `ollama-fleet front up`")
-    return _journal(state.unit, since) if state.unit else _read(state.prefix / ACCESS_LOG)
+    return journal_since(state.unit, since) if state.unit else _read(state.prefix / ACCESS_LOG)
 
 
 def usage(state_dir: Path, since: str, front: bool = False) -> dict[str, KeyUsage]:
