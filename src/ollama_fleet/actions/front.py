@@ -20,7 +20,7 @@ from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import front
 from ollama_fleet.gateway.front import FrontBox, FrontSpec, FrontStats
-from ollama_fleet.gateway.haproxy import SOCKET, Haproxy, installed_worker, runtime_command
+from ollama_fleet.gateway.haproxy import SOCKET, Haproxy, check_access, installed_worker, runtime_command
 from ollama_fleet.gateway.spec import exposure_warning
 from ollama_fleet.processes import port_holder, stop_processes
 from ollama_fleet.state import (
@@ -203,7 +203,7 @@ def _located(state_dir: Path) -> FrontState:
     state = read_front(front_dir(state_dir))
     if state is None:
         raise UserError(f"no front is recorded in {front_dir(state_dir)}: start one with `ollama-fleet front up`")
-    front.check_access(state.prefix / SOCKET)
+    check_access(state.prefix / SOCKET)
     return state
 
 

@@ -266,11 +266,3 @@ def stats(sock: Path) -> FrontStats:
     if not boxes and not rows:
         raise UserError(f"the front's HAProxy does not answer on {sock}")
     return FrontStats(queued=queued, boxes=boxes, keys=key_stats(sock))
-
-
-def check_access(sock: Path) -> None:
-    """The runtime API is root's (0600) when the front runs as root."""
-    import os
-
-    if sock.exists() and not os.access(sock, os.R_OK | os.W_OK):
-        raise UserError(f"the front's admin socket {sock} is root's: run this as root")

@@ -170,7 +170,7 @@ class Haproxy:
         """The backend's queue and, per instance, its state and requests in flight; None when
         HAProxy does not answer. Raises UserError when this user may not use its socket."""
         sock = prefix / SOCKET
-        _check_access(sock)
+        check_access(sock)
         try:
             rows = [row for row in stat_rows(sock) if row.get("pxname") == BACKEND]
         except UserError:
@@ -231,16 +231,17 @@ def _socket(state_dir: Path) -> Path:
     return prefix / SOCKET
 
 
-def _check_access(sock: Path) -> None:
+def check_access(sock: Path) -> None:
+    """The runtime API is root's (0600) when root started HAProxy (a box gateway or the front)."""
     if sock.exists() and not os.access(sock, os.R_OK | os.W_OK):
         raise UserError(
-            f"HAProxy's admin socket {sock} is mode 0600, root's: run this as root to see and steer the "
-            "gateway's queue (drain, per-instance state)"
+            f"HAProxy's admin socket {sock} is mode 0600, root's: run this as root to see and steer its "
+            "queue (drain, per-server state)"
         )
 
 
 def stat_rows(sock: Path) -> list[dict[str, str]]:
-    _check_access(sock)
+    check_access(sock)
     text = runtime_command(sock, "show stat")
     if text is None:
         raise UserError(f"HAProxy's runtime API does not answer on {sock}")
