@@ -20,7 +20,7 @@ from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import front
 from ollama_fleet.gateway.front import FrontBox, FrontSpec, FrontStats
-from ollama_fleet.gateway.haproxy import SOCKET, Haproxy, check_access, installed_worker, runtime_command
+from ollama_fleet.gateway.haproxy import SOCKET, Haproxy, check_access, installed_worker
 from ollama_fleet.gateway.spec import exposure_warning
 from ollama_fleet.processes import port_holder, stop_processes
 from ollama_fleet.state import (
@@ -216,19 +216,11 @@ def front_status(state_dir: Path) -> FrontStatus:
     return FrontStatus(url=state.url, running=running and stats is not None, spec=spec, stats=stats, problems=problems)
 
 
-def _steer(sock: Path, name: str, commands: list[str]) -> list[str]:
-    """Run each command (`{backend}` filled in) in every backend that has this box."""
-    rows = [row for row in front.stat_rows(sock) if row.get("svname") == name]
-    if not rows:
-        known = sorted(front.stats(sock).boxes)
-        raise BadInput(f"box: the front has no box {name!r} (its boxes: {', '.join(known) or 'none'})")
-    backends = [row["pxname"] for row in rows]
-    for backend in backends:
-        for command in commands:
-            answer = runtime_command(sock, command.format(backend=backend, name=name))
-            if answer is None or answer.strip():
-                raise UserError(f"HAProxy refused `{command.format(backend=backend, name=name)}`: {answer}")
-    return backends
+def _known(sock: Path, name: str) -> None:
+    """BadInput unless the front has this box."""
+    boxes = front.stats(sock).boxes
+    if name not in boxes:
+        raise BadInput(f"box: the front has no box {name!r} (its boxes: {', '.join(sorted(boxes)) or 'none'})")
 
 
 def _redrain(state: FrontState, spec: FrontSpec, home: Path) -> None:
@@ -249,32 +241,23 @@ def front_drain(state_dir: Path, name: str, timeout: float, progress: Progress) 
     """Send the box no new request; wait (up to `timeout`) until it serves none for the
     front. Its streams go on. Returns how many requests were still busy at the timeout."""
     state = _located(state_dir)
-    sock = state.prefix / SOCKET
-    _steer(sock, name, ["set server {backend}/{name} state drain"])
+    _known(state.prefix / SOCKET, name)
     spec = FrontSpec.model_validate(state.spec)
     if name not in spec.drained:
         _redrain(state, spec.model_copy(update={"drained": (*spec.drained, name)}), front_dir(state_dir))
     progress.status(f"waiting for {name}'s requests to finish")
-
-    def busy() -> int:
-        found = front.stats(sock).boxes.get(name)
-        return found.in_flight + found.queued if found else 0
-
-    wait_until(lambda: busy() == 0, timeout)
-    return busy()
+    return Haproxy().drain(state.prefix, name, timeout)
 
 
 def front_undrain(state_dir: Path, name: str, timeout: float) -> None:
     """Send the box requests again; wait until the front sees it UP."""
     state = _located(state_dir)
-    sock = state.prefix / SOCKET
-    _steer(sock, name, ["set server {backend}/{name} state ready", "set weight {backend}/{name} 1"])
+    _known(state.prefix / SOCKET, name)
     spec = FrontSpec.model_validate(state.spec)
     if name in spec.drained:
         drained = tuple(n for n in spec.drained if n != name)
         _redrain(state, spec.model_copy(update={"drained": drained}), front_dir(state_dir))
-    if not wait_until(lambda: front.stats(sock).boxes[name].state == "UP", timeout):
-        raise UserError(f"{name} is not UP at the front {timeout:g}s after undrain: see `ollama-fleet front status`")
+    Haproxy().undrain(state.prefix, name, timeout)
 
 
 def front_render(cfg: FleetConfig, output: Path | None, prefix: Path, check: bool, progress: Progress) -> str:

@@ -197,12 +197,14 @@ class Haproxy:
         return _busy(sock, name)
 
     def undrain(self, state_dir: Path, name: str, timeout: float) -> None:
-        """Back to `ready`; wait until its health check has it UP in every backend."""
+        """Back to `ready`, with its weight (a drain the front keeps across reloads is
+        `weight 0` in its config); wait until its health check has it UP in every backend."""
         sock = _socket(state_dir)
         for backend in _rows_of(sock, name):
             _set(sock, f"set server {backend}/{name} state ready")
+            _set(sock, f"set weight {backend}/{name} 1")
         if not wait_until(lambda: all(status == "UP" for status in _rows_of(sock, name).values()), timeout):
-            raise UserError(f"{name} is not UP at the gateway {timeout:g}s after its restart")
+            raise UserError(f"{name} is not UP at HAProxy {timeout:g}s after it was sent requests again")
 
 
 def check_inputs(prefix: Path, tls: Tls | None) -> None:
