@@ -92,6 +92,24 @@ def fake_knobs_as_fleet_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def gateway_flags(engine: str, *extra: str) -> tuple[str, list[str]]:
+    """`up`'s flags for a private gateway of `engine` on free loopback ports, and its URL."""
+    port = free_port_range(1)
+    flags = ["--gateway", "--engine", engine, "--listen", f"127.0.0.1:{port}", *extra]
+    if engine == "haproxy":
+        flags += ["--metrics-port", str(free_port_range(1))]
+    return f"http://127.0.0.1:{port}", flags
+
+
+def gateway_up(fleet, engine: str, *extra: str, **env: str) -> str:  # type: ignore[no-untyped-def]
+    """`up` with a private gateway of `engine` (the `fleet` fixture's fleet); its URL."""
+    require_tool(engine)
+    url, flags = gateway_flags(engine, *extra)
+    result = fleet.run("up", *flags, **env)
+    assert result.returncode == 0, result.stderr
+    return url
+
+
 def wait_answering(url: str, timeout: float = 10.0, **kwargs: object):
     """Poll until `url` answers HTTP at all (any status) and return that response."""
     import time

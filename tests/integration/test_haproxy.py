@@ -25,6 +25,7 @@ from tests.helpers import (
     Gateway,
     fake_home,
     free_port_range,
+    gateway_flags,
     require_tool,
     start_instances,
     stop,
@@ -226,19 +227,10 @@ def test_up_with_haproxy_starts_reloads_and_down_stops_it(fleet) -> None:
 def test_a_reload_lets_a_stream_in_flight_finish(fleet) -> None:
     """SIGUSR2 to the master: new workers take the new config, the old one finishes its stream."""
     require_tool("haproxy")
-    port = free_port_range(1)
-    flags = [
-        "--gateway",
-        "--engine",
-        "haproxy",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--metrics-port",
-        str(free_port_range(1)),
-    ]
+    url, flags = gateway_flags("haproxy")
     assert fleet.run("up", *flags, FAKE_OLLAMA_TPS="20").returncode == 0
     body = {"model": "qwen3", "prompt": "x", "options": {"num_predict": 40}}
-    with httpx.stream("POST", f"http://127.0.0.1:{port}/api/generate", json=body, timeout=30) as response:
+    with httpx.stream("POST", url + "/api/generate", json=body, timeout=30) as response:
         lines = iter(response.iter_lines())
         next(lines)
         assert fleet.run("up", *flags, "--allow", "10.0.0.0/8", FAKE_OLLAMA_TPS="20").returncode == 0

@@ -105,17 +105,13 @@ def test_status_shows_each_key_name_never_the_key(fleet, tmp_path: Path) -> None
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from tests.helpers import free_port_range
+    from tests.helpers import gateway_flags
 
     keys = tmp_path / "keys"
     keys.write_text(f"{ALICE} name=alice rate=2/m\n{NIGHTLY} name=nightly priority=batch\n")
-    port = free_port_range(1)
-    up = fleet.run(
-        "up", "--gateway", "--engine", "haproxy", "--listen", f"127.0.0.1:{port}",
-        "--metrics-port", str(free_port_range(1)), "--api-keys-file", str(keys),
-    )  # fmt: skip
+    url, flags = gateway_flags("haproxy", "--api-keys-file", str(keys))
+    up = fleet.run("up", *flags)
     assert up.returncode == 0, up.stderr
-    url = f"http://127.0.0.1:{port}"
     assert [httpx.get(url + "/api/tags", headers=auth(ALICE)).status_code for _ in range(3)] == [200, 200, 429]
     assert generate(url, NIGHTLY, 5) == 200
 

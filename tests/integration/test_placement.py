@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from ollama_fleet.cli import app
 from ollama_fleet.state import read_actual
-from tests.helpers import Gateway, free_port_range, start_instances, stop
+from tests.helpers import Gateway, free_port_range, gateway_up, start_instances, stop
 
 PLACED = {"qwen3": {"gpu0", "gpu1"}, "qwen3:latest": {"gpu0", "gpu1"}, "llama3.2": {"gpu2"}}
 MODELS = ["qwen3", "qwen3:latest", "llama3.2", "nomic-embed-text"]
@@ -197,25 +197,12 @@ def test_preload_honours_placement_and_status_flags_missing_and_stray(fleet) -> 
 
 
 def test_placement_routes_through_up_with_haproxy(fleet) -> None:
-    port = free_port_range(1)
-    result = fleet.run(
-        "up",
-        "--gateway",
-        "--engine",
-        "haproxy",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--metrics-port",
-        str(free_port_range(1)),
-        "--models",
-        "llama3.2=gpu1",
-    )
-    assert result.returncode == 0, result.stderr
+    url = gateway_up(fleet, "haproxy", "--models", "llama3.2=gpu1")
     assert read_actual(fleet.state) is not None
     names = {
-        httpx.post(
-            f"http://127.0.0.1:{port}/api/generate", json={"model": "llama3.2", "prompt": "x", "stream": False}
-        ).headers["x-fleet-instance"]
+        httpx.post(url + "/api/generate", json={"model": "llama3.2", "prompt": "x", "stream": False}).headers[
+            "x-fleet-instance"
+        ]
         for _ in range(6)
     }
     assert names == {"gpu1"}

@@ -11,22 +11,11 @@ import pytest
 
 from ollama_fleet.bench import run_load
 from ollama_fleet.state import read_actual
-from tests.helpers import free_port_range, require_tool
+from tests.helpers import gateway_up
 
 
 def pids(fleet) -> dict[str, int]:
     return {name: st.pid for name, st in read_actual(fleet.state).instances.items()}
-
-
-def gateway_up(fleet, engine: str, *extra: str, **env: str) -> str:
-    require_tool(engine)
-    port = free_port_range(1)
-    flags = ["--gateway", "--engine", engine, "--listen", f"127.0.0.1:{port}", *extra]
-    if engine == "haproxy":
-        flags += ["--metrics-port", str(free_port_range(1))]
-    result = fleet.run("up", *flags, **env)
-    assert result.returncode == 0, result.stderr
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize("engine", ["nginx", "haproxy"])
