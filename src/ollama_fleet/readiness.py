@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ollama_fleet import probe
 from ollama_fleet.pinning import Device
 from ollama_fleet.processes import with_log_tail
 from ollama_fleet.state import Desired, read_actual
@@ -40,6 +39,10 @@ def wait_ready(
 
     `tick` runs the supervisor's loop when it is attached, or checks the background one lives.
     """
+    # Imported here, once the instances are starting: probe brings asyncio (and httpx), which
+    # `up` would otherwise pay for before it starts them (docs/architecture.md, "Start-up").
+    from ollama_fleet import probe
+
     result = Readiness()
     baseline: dict[str, int] = {}
     answered: dict[str, float] = {}  # name -> when it first answered
@@ -68,13 +71,14 @@ def wait_ready(
             pending.pop(name, None)
         for name in result.failed:
             result.versions.pop(name, None)
+        # Said before the probe, which waits for answers: the first status comes at once.
+        progress(len(result.devices), len(desired.instances))
         for address_name, version in zip(
             probing, probe.versions(list(probing.values()), timeout=PROBE_TIMEOUT).values(), strict=True
         ):
             if version is not None:
                 result.versions[address_name] = version
                 answered[address_name] = time.monotonic()
-        progress(len(result.devices), len(desired.instances))
         if pending and time.monotonic() > deadline:
             for name, inst in pending.items():
                 if name in answered:
@@ -85,5 +89,7 @@ def wait_ready(
                     )
             break
         if pending:
-            time.sleep(0.05)
+            # An instance that answered has logged its devices already; the supervisor
+            # writes them a moment later, so look again soon.
+            time.sleep(0.01 if answered.keys() & pending.keys() else 0.05)
     return result

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from ollama_fleet import __version__
+
+if TYPE_CHECKING:
+    import jinja2
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,10 @@ def templates_dir() -> Path:
 
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
+    # Imported here: `up --no-gateway`, `down` and `status` render nothing, and jinja2 is
+    # ~15 ms of their start-up (docs/architecture.md, "Start-up").
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir()),
         # A missing variable is a bug in our code, never an empty directive in a config.

@@ -120,7 +120,9 @@ class Supervisor:
         """Loop until SIGTERM/SIGINT; stop everything; return 143 or 130."""
         while self.stop_signal is None:
             self.step()
-            time.sleep(TICK)
+            # Woken early by an instance's device lines: `up` waits for them in
+            # supervisor.json, and should not wait a whole tick more.
+            self.devices_seen.wait(TICK)
         self.stop_all()
         return 128 + self.stop_signal
 

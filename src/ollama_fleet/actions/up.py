@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ollama_fleet import pinning, probe
+from ollama_fleet import pinning
 from ollama_fleet.accounts import run_as, worker_user
 from ollama_fleet.actions import Progress
 from ollama_fleet.changes import Change, changes
@@ -181,6 +181,8 @@ def up(
             lambda n, total: progress.status(f"waiting for instances: {n}/{total} answer"),
         )
         _verify_pinning(new, ready, progress)
+        from ollama_fleet import probe  # once the instances started (docs/architecture.md, "Start-up")
+
         preload_failures = probe.preload(
             {i.name: i.address for i in new.instances if i.name in ready.versions},
             list(new.loads),
@@ -298,6 +300,8 @@ def _converge_gateway(
         action, gw = converge(engine, spec, state_dir, worker_user(new.user))
     except FleetError as exc:
         return [str(exc)]
+    from ollama_fleet import probe
+
     pid = gw.process.pid if gw.process else "-"
     report.gateway = f"gateway: {engine.name} {action}, listening on {spec.listen} (pid {pid})"
     if not probe.gateway_answers(spec.probe_url, 10):

@@ -4,17 +4,19 @@ raises (FleetError) become one red line and an exit code here, once."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import traceback
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+import gc
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from ollama_fleet import __version__
 from ollama_fleet.errors import BadInput, FleetError, Interrupted
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(
     name="ollama-fleet",
@@ -24,9 +26,26 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# stdout carries paths and env values the user typed: print them as text, never as markup.
-out = Console(highlight=False, markup=False)
-err = Console(stderr=True, highlight=False)
+
+
+# The consoles are made at their first use: rich is ~20 ms of start-up, which `up` spends
+# while its instances start rather than before (docs/architecture.md, "Start-up").
+@functools.cache
+def out() -> Console:
+    """stdout. It carries paths and env values the user typed: text, never markup."""
+    from rich.console import Console
+
+    return Console(highlight=False, markup=False)
+
+
+@functools.cache
+def err() -> Console:
+    """stderr: errors, warnings and the live status."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
 _verbose = False
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,14 +68,18 @@ def command(name: str, group: typer.Typer | None = None) -> Callable[[F], F]:
             except Interrupted as exc:  # Ctrl-C or SIGTERM on an attached command: nothing to say
                 raise typer.Exit(exc.exit_code) from None
             except FleetError as exc:
+                from rich.markup import escape
+
                 if _verbose:
+                    import traceback
+
                     traceback.print_exc()
                 lines = str(exc).splitlines() or [type(exc).__name__]
                 # One line per bad field; other errors are one line plus, indented, what
                 # explains it (the tail of an instance's log).
                 for n, line in enumerate(lines):
                     prefix = "[red]error:[/red] " if n == 0 or isinstance(exc, BadInput) else ""
-                    err.print(f"{prefix}{escape(line)}", soft_wrap=True)
+                    err().print(f"{prefix}{escape(line)}", soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from None
 
         (group or app).command(name)(boundary)
@@ -66,7 +89,9 @@ def command(name: str, group: typer.Typer | None = None) -> Callable[[F], F]:
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
+    from rich.markup import escape
+
+    err().print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
 
 class Terminal:
@@ -74,23 +99,39 @@ class Terminal:
     stderr (the status only inside `live()`)."""
 
     def __init__(self) -> None:
+        self._live = False
         self._status: Any = None
 
     def say(self, line: str) -> None:
-        out.print(line, soft_wrap=True)
+        out().print(line, soft_wrap=True)
 
     def warn(self, line: str) -> None:
         warn(line)
 
     def status(self, line: str) -> None:
-        if self._status is not None:
+        if not self._live:
+            return
+        if self._status is None:
+            self._status = err().status(line)
+            self._status.start()
+        else:
             self._status.update(line)
 
-    def live(self, first: str) -> Any:
-        """A context in which status() updates one spinner line."""
-        status = err.status(first)
-        self._status = status
-        return status
+    @contextlib.contextmanager
+    def live(self, first: str | None = None) -> Iterator[None]:
+        """A context in which status() updates one spinner line. Without `first`, the
+        spinner (with rich, and its refresh thread) starts at the first status(): `up`
+        says nothing before its instances start, and should not pay for it before then."""
+        self._live = True
+        if first is not None:
+            self.status(first)
+        try:
+            yield
+        finally:
+            self._live = False
+            if self._status is not None:
+                self._status.stop()
+                self._status = None
 
 
 def _version(value: bool) -> None:
@@ -109,7 +150,12 @@ def _main(
 
 
 def main() -> None:
-    app(prog_name="ollama-fleet")
+    try:
+        app(prog_name="ollama-fleet")
+    finally:
+        # The interpreter's last garbage collection walks every object the imports made
+        # (~45 ms, a fifth of `up`'s own cost); the process is ending: skip them.
+        gc.freeze()
 
 
 # The commands register themselves on `app` when imported.

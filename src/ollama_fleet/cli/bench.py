@@ -76,7 +76,7 @@ def bench_command(
         MofNCompleteColumn() if run.total is not None else TextColumn("{task.completed} done"),
         TimeElapsedColumn(),
     ]
-    with Progress(*columns, console=err, transient=True, disable=json_) as bar:
+    with Progress(*columns, console=err(), transient=True, disable=json_) as bar:
         task = bar.add_task("bench", total=run.total)
         result = run_load(
             [run.url],

@@ -21,6 +21,14 @@ InstancesArg = Annotated[
 ]
 
 
+def _echo(name: str, line: str) -> None:
+    """An instance's output line on the terminal (`up --foreground`); the views, and rich
+    with them, are imported at the first line, not before the instances start."""
+    from ollama_fleet.cli.views import echo
+
+    echo(name, line)
+
+
 @command("up")
 @with_settings(*INSTANCE_SETTINGS, "user", "state_dir", "wait_timeout", "preload", *GATEWAY_SETTINGS)
 def up_command(
@@ -38,21 +46,22 @@ def up_command(
 ) -> None:
     """Start one pinned `ollama serve` per GPU (or group), wait until each answers, supervise them."""
     from ollama_fleet.actions.up import up
-    from ollama_fleet.cli.views import echo, up_table
 
     terminal = Terminal()
-    with terminal.live("starting"):
-        report = up(cfg, foreground=foreground, rolling=rolling, progress=terminal, echo=echo)
-    out.print(up_table(report.desired, report.changes, report.ready, report.actual))
+    with terminal.live():
+        report = up(cfg, foreground=foreground, rolling=rolling, progress=terminal, echo=_echo)
+    from ollama_fleet.cli.views import up_table
+
+    out().print(up_table(report.desired, report.changes, report.ready, report.actual))
     if report.gateway:
-        out.print(report.gateway)
+        out().print(report.gateway)
     if report.supervisor is None:
         if report.problems:
             raise UserError("\n".join(report.problems))
         return
     for problem in report.problems:
         warn(problem)
-    out.print("supervising; Ctrl-C stops every instance")
+    out().print("supervising; Ctrl-C stops every instance")
     raise typer.Exit(report.supervisor.run())
 
 
@@ -70,12 +79,12 @@ def down_command(
     assert cfg.state_dir is not None
     done = down(cfg.state_dir, timeout)
     if done.stopped is None:
-        out.print(f"nothing to stop: no fleet is recorded in {cfg.state_dir}", soft_wrap=True)
+        out().print(f"nothing to stop: no fleet is recorded in {cfg.state_dir}", soft_wrap=True)
         if done.installed:
-            out.print(f"the fleet installed with systemd is stopped with: systemctl stop {TARGET}")
+            out().print(f"the fleet installed with systemd is stopped with: systemctl stop {TARGET}")
         return
     also = " and the gateway" if done.gateway else ""
-    out.print(f"stopped {done.stopped} instance(s){also}; state cleared in {cfg.state_dir}")
+    out().print(f"stopped {done.stopped} instance(s){also}; state cleared in {cfg.state_dir}")
 
 
 @command("restart")
@@ -107,7 +116,7 @@ def restart_command(
         wait_timeout=wait_timeout,
         progress=Terminal(),
     )
-    out.print(f"restarted: {', '.join(outcome.restarted) or 'none'}")
+    out().print(f"restarted: {', '.join(outcome.restarted) or 'none'}")
     if outcome.problems:
         raise UserError("\n".join(outcome.problems))
 
@@ -165,7 +174,7 @@ def status_command(
         if report.nvml.note:
             warn(report.nvml.note)
         warn_others(Terminal(), report.others)
-        out.print(status_view(report))
+        out().print(status_view(report))
     else:
         text = json.dumps(report.json_data(), indent=2) + "\n" if shape is Format.json else prometheus(report)
         if output is None:
@@ -180,7 +189,7 @@ def watch_view(view: Callable[[], Any], interval: float) -> None:
     """Refresh `view()` in place every `interval` seconds until Ctrl-C."""
     from rich.live import Live
 
-    with Live(console=out, auto_refresh=False, screen=False) as live:
+    with Live(console=out(), auto_refresh=False, screen=False) as live:
         try:
             while True:
                 live.update(view(), refresh=True)
@@ -203,7 +212,7 @@ def logs_command(
 
     assert cfg.state_dir is not None
     show_logs(
-        cfg.state_dir, instances or [], follow=follow, lines=lines, write=lambda line: out.print(line, soft_wrap=True)
+        cfg.state_dir, instances or [], follow=follow, lines=lines, write=lambda line: out().print(line, soft_wrap=True)
     )
 
 
@@ -231,4 +240,4 @@ def show_usage(cfg: FleetConfig, since: str, json_: bool, front: bool) -> None:
     if json_:
         print(json.dumps({"schema": 1, "since": since, "keys": found}, indent=2))
     else:
-        out.print(usage_table(found, since))
+        out().print(usage_table(found, since))

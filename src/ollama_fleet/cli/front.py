@@ -45,9 +45,9 @@ def front_up_command(cfg: FleetConfig) -> None:
     terminal = Terminal()
     with terminal.live("reading the boxes"):
         report = front_up(cfg, progress=terminal)
-    out.print(f"front {report.action}: {report.url}, {len(report.spec.boxes)} box(es)", soft_wrap=True)
+    out().print(f"front {report.action}: {report.url}, {len(report.spec.boxes)} box(es)", soft_wrap=True)
     status = FrontStatus(url=report.url, running=True, spec=report.spec, stats=report.stats)
-    out.print(front_view(status.json_data()))
+    out().print(front_view(status.json_data()))
 
 
 @command("down", group=front_app)
@@ -62,9 +62,9 @@ def front_down_command(
 
     assert cfg.state_dir is not None
     if front_down(cfg.state_dir, timeout):
-        out.print("stopped the front")
+        out().print("stopped the front")
     else:
-        out.print(f"nothing to stop: no front is recorded in {front_dir(cfg.state_dir)}", soft_wrap=True)
+        out().print(f"nothing to stop: no front is recorded in {front_dir(cfg.state_dir)}", soft_wrap=True)
 
 
 @command("status", group=front_app)
@@ -97,7 +97,7 @@ def front_status_command(
     if shape is Format.table:
         for problem in report.problems:
             warn(problem)
-        out.print(front_view(data))
+        out().print(front_view(data))
     else:
         print(json.dumps(data, indent=2) if shape is Format.json else front_prometheus(data), end="\n")
     if not report.healthy:
@@ -125,7 +125,7 @@ def front_render_command(
     if output is None:
         print(content, end="")
     else:
-        out.print(f"wrote {output}" + (" (haproxy -c: ok)" if check else ""), soft_wrap=True)
+        out().print(f"wrote {output}" + (" (haproxy -c: ok)" if check else ""), soft_wrap=True)
 
 
 @command("drain", group=front_app)
@@ -145,7 +145,7 @@ def front_drain_command(
         busy = front_drain(cfg.state_dir, box, timeout, progress=terminal)
     if busy:
         raise UserError(f"{box} is drained but still serves {busy} request(s) after {timeout:g}s")
-    out.print(f"{box} is drained: it serves nothing for the front; `front undrain {box}` sends it requests again")
+    out().print(f"{box} is drained: it serves nothing for the front; `front undrain {box}` sends it requests again")
 
 
 @command("undrain", group=front_app)
@@ -161,7 +161,7 @@ def front_undrain_command(
 
     assert cfg.state_dir is not None
     front_undrain(cfg.state_dir, box, timeout)
-    out.print(f"{box} is UP and receives requests")
+    out().print(f"{box} is UP and receives requests")
 
 
 @command("install-systemd", group=front_app)
@@ -179,11 +179,11 @@ def front_install_command(
 
     written = front_install(cfg, root or Path("/"), enable=root is None, progress=Terminal())
     for path in written:
-        out.print(f"wrote {path}", soft_wrap=True)
+        out().print(f"wrote {path}", soft_wrap=True)
     if not written:
-        out.print("unchanged")
+        out().print("unchanged")
     if root is None:
-        out.print(f"{UNIT} is enabled and running")
+        out().print(f"{UNIT} is enabled and running")
 
 
 @command("usage", group=front_app)
@@ -216,7 +216,7 @@ def pull_command(
         raise BadInput(f"model: {exc} (got {model[:60]!r})") from None
     columns = (TextColumn("{task.fields[box]}"), BarColumn(), DownloadColumn(), TextColumn("{task.description}"))
     targets = pull_targets(cfg)
-    with Progress(*columns, console=out, transient=False) as bars:
+    with Progress(*columns, console=out(), transient=False) as bars:
         tasks = {name: bars.add_task("waiting", box=name, total=None) for name in targets.urls}
 
         def report(name: str, line: dict[str, Any]) -> None:
@@ -230,6 +230,6 @@ def pull_command(
             bars.update(tasks[name], description="[green]done[/green]" if error is None else "[red]failed[/red]")
     failed = {name: error for name, error in results.items() if error is not None}
     for name in results:
-        out.print(f"{name}: " + (f"failed: {failed[name]}" if name in failed else f"pulled {model}"), soft_wrap=True)
+        out().print(f"{name}: " + (f"failed: {failed[name]}" if name in failed else f"pulled {model}"), soft_wrap=True)
     if failed:
         raise typer.Exit(1)

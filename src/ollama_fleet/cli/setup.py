@@ -44,7 +44,7 @@ def gpus_command(cfg: FleetConfig, *, json_: JsonOpt = False) -> None:
     if json_:
         print_json({"schema": 1, "pinned_by": found.pinned_by, "gpus": [g.model_dump(mode="json") for g in found.gpus]})
     else:
-        out.print(gpus_table(found))
+        out().print(gpus_table(found))
 
 
 @command("plan")
@@ -60,7 +60,7 @@ def plan_command(cfg: FleetConfig, *, json_: JsonOpt = False) -> None:
         print_json(plan_json(result))
     else:
         for part in plan_view(result):
-            out.print(part, soft_wrap=True)
+            out().print(part, soft_wrap=True)
 
 
 RENDER_SETTINGS = ("gpus", "gpus_per_instance", "base_port", "state_dir", "env", "models", *GATEWAY_SETTINGS[2:])
@@ -78,7 +78,7 @@ def _render(
         print(done.text, end="")
     else:
         ok = f" ({done.checked_with}: ok)" if done.checked_with else ""
-        err.print(f"wrote {done.written}{ok}", soft_wrap=True, markup=False)
+        err().print(f"wrote {done.written}{ok}", soft_wrap=True, markup=False)
 
 
 StandaloneOpt = Annotated[
@@ -162,7 +162,7 @@ def install_systemd_command(
     if dry_run:
         print(done.report.diff, end="")
     for line in install_lines(done, dry_run):
-        out.print(line, soft_wrap=True)
+        out().print(line, soft_wrap=True)
 
 
 @command("uninstall-systemd")
@@ -179,9 +179,9 @@ def uninstall_systemd_command(
 
     removed = uninstall_systemd(root, enable)
     if removed is None:
-        out.print(f"nothing to uninstall: no {MANIFEST} under {root.absolute() if root else Path('/')}")
+        out().print(f"nothing to uninstall: no {MANIFEST} under {root.absolute() if root else Path('/')}")
         return
     for path in removed:
-        out.print(f"removed {path}")
+        out().print(f"removed {path}")
     stopped = f"; {TARGET} stopped and disabled" if enable and root is None else ""
-    out.print(f"uninstalled {len(removed)} file(s){stopped}")
+    out().print(f"uninstalled {len(removed)} file(s){stopped}")

@@ -77,7 +77,7 @@ _COLORS = ["cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "
 
 def echo(name: str, line: str) -> None:
     color = _COLORS[sum(map(ord, name)) % len(_COLORS)]
-    out.print(Text.assemble((f"{name:>9} | ", color), line), soft_wrap=True)
+    out().print(Text.assemble((f"{name:>9} | ", color), line), soft_wrap=True)
 
 
 def up_table(new: Desired, todo: list[Change], ready: Readiness, actual: Actual | None) -> Table:
@@ -260,12 +260,12 @@ def print_bench(s: dict[str, Any]) -> None:
             table.add_row(f"time to first answer token {q}", ms(v))
     for q, v in s["latency_ms"].items():
         table.add_row(f"latency {q}", ms(v))
-    out.print(table)
+    out().print(table)
     if s["errors"]:
-        out.print("errors: " + ", ".join(f"{k}: {v}" for k, v in s["errors"].items()))
+        out().print("errors: " + ", ".join(f"{k}: {v}" for k, v in s["errors"].items()))
     split = s["split"]
     if list(split) != ["-"]:
-        out.print("split per instance: " + ", ".join(f"{k} {v}" for k, v in split.items()), soft_wrap=True)
+        out().print("split per instance: " + ", ".join(f"{k} {v}" for k, v in split.items()), soft_wrap=True)
 
 
 def front_view(data: dict[str, Any]) -> Group:
