@@ -147,6 +147,13 @@ class FleetConfig(BaseModel):
         None, description="front: file holding the API key the front presents to the boxes"
     )
 
+    @property
+    def state_path(self) -> Path:
+        """`state_dir`, which load_config() fills with its default when none is given."""
+        if self.state_dir is None:
+            raise AssertionError("state_dir is filled by load_config()")
+        return self.state_dir
+
     @field_validator("gpus", mode="before")
     @classmethod
     def _gpus(cls, value: Any) -> Any:

@@ -165,7 +165,6 @@ def plan(config: FleetConfig, discovery: Discovery, models_dir: ModelsDir) -> Pl
     last_port = config.base_port + len(groups) - 1
     if last_port > 65535:
         raise BadInput(f"base_port: {config.base_port} + {len(groups)} instances runs past port 65535 (to {last_port})")
-    assert config.state_dir is not None, "load_config() fills state_dir"
     instances = []
     for k, group in enumerate(groups):
         port = config.base_port + k
@@ -196,7 +195,7 @@ def plan(config: FleetConfig, discovery: Discovery, models_dir: ModelsDir) -> Pl
                 host=LOOPBACK,
                 port=port,
                 env=env,
-                log=config.state_dir / "logs" / f"{name}.log",
+                log=config.state_path / "logs" / f"{name}.log",
             )
         )
     names = [i.name for i in instances]

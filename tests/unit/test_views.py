@@ -64,7 +64,7 @@ def test_the_status_table_fits_80_columns_with_the_haproxy_column() -> None:
     """A wide case: a MIG instance name, restarts, a slow probe, a busy drained instance."""
     from rich.console import Console
 
-    from ollama_fleet.cli.views import status_view as _status_view
+    from ollama_fleet.cli.status_views import status_view as _status_view
     from ollama_fleet.gateway import ServerStats
     from ollama_fleet.status import GatewayStatus, InstanceStatus, NvmlStatus, StatusReport
 

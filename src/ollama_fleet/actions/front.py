@@ -104,8 +104,7 @@ def _record(home: Path, state: FrontState, spec: FrontSpec) -> None:
 
 def front_up(cfg: FleetConfig, progress: Progress) -> FrontReport:
     """Start the front, or re-read the boxes and reload it (streams go on in old workers)."""
-    assert cfg.state_dir is not None
-    home = front_dir(cfg.state_dir)
+    home = front_dir(cfg.state_path)
     previous = read_front(home)
     if previous is not None and previous.unit is not None:
         raise UserError(f"the front is installed as {previous.unit}: re-run `front install-systemd` to change it")
@@ -281,15 +280,14 @@ class PullTargets:
 def pull_targets(cfg: FleetConfig) -> PullTargets:
     """Where `pull` pulls: the boxes given, else the boxes of the front here (with the key
     it presents), else this box's own gateway (its writer instance does the pull)."""
-    assert cfg.state_dir is not None
     key = front.box_key(cfg)
     if cfg.boxes:
         return PullTargets({str(box): box.url for box in cfg.boxes}, key)
-    state = read_front(front_dir(cfg.state_dir))
+    state = read_front(front_dir(cfg.state_path))
     if state is not None:
         spec = FrontSpec.model_validate(state.spec)
         return PullTargets({box.name: box.url for box in spec.boxes}, key or spec.box_key)
-    gateway = read_gateway(cfg.state_dir)
+    gateway = read_gateway(cfg.state_path)
     if gateway is not None and gateway.url:
         keys = (gateway.spec or {}).get("api_keys") or [{"key": None}]
         return PullTargets({"this box": gateway.url}, key or keys[0]["key"])
@@ -310,12 +308,11 @@ def front_install(cfg: FleetConfig, root: Path, enable: bool, progress: Progress
     from ollama_fleet.systemctl import Systemctl
     from ollama_fleet.systemd import on_root
 
-    assert cfg.state_dir is not None
     if root == Path("/") and not is_root():
         raise UserError(
             "front install-systemd writes to /etc/systemd/system: run it as root, or stage the files with --root DIR"
         )
-    home = front_dir(cfg.state_dir)
+    home = front_dir(cfg.state_path)
     spec = _spec(cfg, read_front(home), progress)
     user = installed_worker()
     content = front.render(spec, prefix=front.RUN_DIR, config=front.INSTALLED_CONFIG, user=user)

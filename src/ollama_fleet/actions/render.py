@@ -35,8 +35,7 @@ def render_gateway(
 ) -> Rendered:
     from ollama_fleet.actions.up import make_plan
 
-    assert cfg.state_dir is not None
-    root = (checked_path(prefix, "prefix") if prefix else cfg.state_dir / "gateway").absolute()
+    root = (checked_path(prefix, "prefix") if prefix else cfg.state_path / "gateway").absolute()
     result = make_plan(cfg, progress)
     spec = spec_from(cfg, result)
     if message := exposure_warning(spec):

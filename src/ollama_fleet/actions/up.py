@@ -60,8 +60,7 @@ def make_plan(cfg: FleetConfig, progress: Progress, home_of_user: str | None = N
         progress.warn(found.note)
     user_home = Path(home_of_user) if home_of_user else None
     result = plan(cfg, found, inspect_models_dir(cfg, user_home))
-    assert cfg.state_dir is not None
-    actual = read_actual(cfg.state_dir) if (cfg.state_dir / DESIRED).exists() else None
+    actual = read_actual(cfg.state_path) if (cfg.state_path / DESIRED).exists() else None
     warn_others(progress, foreign_ollama({st.pid for st in actual.instances.values() if st.pid} if actual else set()))
     for gpu in result.unused_gpus:
         progress.warn(f"GPU {gpu.index} is not used: it does not fill a group of {cfg.gpus_per_instance}")
@@ -146,8 +145,7 @@ def up(
     echo: Echo | None = None,
 ) -> UpReport:
     result = make_plan(cfg, progress)
-    assert cfg.state_dir is not None
-    state_dir = cfg.state_dir
+    state_dir = cfg.state_path
     _warn_ignored_env(cfg, progress)
     previous = read_desired(state_dir)
     new = _desired(cfg, result, previous)
@@ -211,14 +209,13 @@ def _roll(cfg: FleetConfig, held: tuple[str, ...], problems: list[str], progress
     from ollama_fleet.actions.restart import restart
     from ollama_fleet.fleet import UpFleet
 
-    assert cfg.state_dir is not None
     if problems:
         return [
             f"the rolling restart of {', '.join(held)} did not start: they run their old plan; "
             "fix the above and run `up --rolling` again"
         ]
     outcome = restart(
-        UpFleet(cfg.state_dir),
+        UpFleet(cfg.state_path),
         list(held),
         rolling=True,
         drain_timeout=cfg.read_timeout,
@@ -290,8 +287,7 @@ def _verify_pinning(new: Desired, ready: Readiness, progress: Progress) -> None:
 def _converge_gateway(
     cfg: FleetConfig, engine: Engine | None, spec: GatewaySpec | None, new: Desired, report: UpReport
 ) -> list[str]:
-    assert cfg.state_dir is not None
-    state_dir = cfg.state_dir
+    state_dir = cfg.state_path
     if engine is None or spec is None:
         reason = "disabled" if not cfg.gateway else f"{cfg.engine} not installed"
         write_model(state_dir / GATEWAY, GatewayState(engine=None, reason=reason))

@@ -149,6 +149,17 @@ def _main(
     """One pinned `ollama serve` per GPU, supervised, behind one gateway."""
 
 
+T = TypeVar("T")
+
+
+def with_status(first: str | None, work: Callable[[Terminal], T]) -> T:
+    """Run `work` with a Terminal whose status() shows one spinner line until it returns
+    (from `first`, or without it from the first status())."""
+    terminal = Terminal()
+    with terminal.live(first):
+        return work(terminal)
+
+
 def main() -> None:
     try:
         app(prog_name="ollama-fleet")

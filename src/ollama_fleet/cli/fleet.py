@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ollama_fleet.cli import Terminal, command, out, warn
-from ollama_fleet.cli.options import GATEWAY_SETTINGS, INSTANCE_SETTINGS, with_settings
+from ollama_fleet.cli import Terminal, command, out, warn, with_status
+from ollama_fleet.cli.options import GATEWAY_SETTINGS, INSTANCE_SETTINGS, JsonOpt, StopTimeoutOpt, with_settings
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
 
@@ -47,9 +47,7 @@ def up_command(
     """Start one pinned `ollama serve` per GPU (or group), wait until each answers, supervise them."""
     from ollama_fleet.actions.up import up
 
-    terminal = Terminal()
-    with terminal.live():
-        report = up(cfg, foreground=foreground, rolling=rolling, progress=terminal, echo=_echo)
+    report = with_status(None, lambda p: up(cfg, foreground=foreground, rolling=rolling, progress=p, echo=_echo))
     from ollama_fleet.cli.views import up_table
 
     out().print(up_table(report.desired, report.changes, report.ready, report.actual))
@@ -70,21 +68,20 @@ def up_command(
 def down_command(
     cfg: FleetConfig,
     *,
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds between SIGTERM and SIGKILL", min=0)] = 10.0,
+    timeout: StopTimeoutOpt = 10.0,
 ) -> None:
     """Stop the supervisor and every instance (SIGTERM to each process group, SIGKILL after --timeout)."""
     from ollama_fleet.actions.down import down
     from ollama_fleet.systemd import TARGET
 
-    assert cfg.state_dir is not None
-    done = down(cfg.state_dir, timeout)
+    done = down(cfg.state_path, timeout)
     if done.stopped is None:
-        out().print(f"nothing to stop: no fleet is recorded in {cfg.state_dir}", soft_wrap=True)
+        out().print(f"nothing to stop: no fleet is recorded in {cfg.state_path}", soft_wrap=True)
         if done.installed:
             out().print(f"the fleet installed with systemd is stopped with: systemctl stop {TARGET}")
         return
     also = " and the gateway" if done.gateway else ""
-    out().print(f"stopped {done.stopped} instance(s){also}; state cleared in {cfg.state_dir}")
+    out().print(f"stopped {done.stopped} instance(s){also}; state cleared in {cfg.state_path}")
 
 
 @command("restart")
@@ -107,9 +104,8 @@ def restart_command(
     from ollama_fleet.actions.restart import restart
     from ollama_fleet.fleet import locate
 
-    assert cfg.state_dir is not None
     outcome = restart(
-        locate(cfg.state_dir),
+        locate(cfg.state_path),
         instances or [],
         rolling=rolling,
         drain_timeout=drain_timeout,
@@ -155,21 +151,20 @@ def status_command(
     """GPUs, instances (pid, uptime, health, version, loaded models) and the gateway; exit 0 when all are healthy."""
     from ollama_fleet.actions.up import warn_others
     from ollama_fleet.cli.metrics import prometheus
-    from ollama_fleet.cli.views import status_view
+    from ollama_fleet.cli.status_views import status_view
     from ollama_fleet.state import write_atomic
     from ollama_fleet.status import gather
 
-    assert cfg.state_dir is not None
     shape = Format.json if json_ else format_
     if watch:
         if shape is not Format.table or output is not None:
             raise BadInput(["watch: --watch refreshes the table; use --format json or prometheus without it"])
         from ollama_fleet.status import gather
 
-        state_dir = cfg.state_dir
+        state_dir = cfg.state_path
         watch_view(lambda: status_view(gather(state_dir, timeout)), interval)
         return
-    report = gather(cfg.state_dir, timeout)
+    report = gather(cfg.state_path, timeout)
     if shape is Format.table:
         if report.nvml.note:
             warn(report.nvml.note)
@@ -210,9 +205,12 @@ def logs_command(
     """The instances' logs: the supervisor's files (a fleet of `up`) or the journal (systemd)."""
     from ollama_fleet.actions.logs import show_logs
 
-    assert cfg.state_dir is not None
     show_logs(
-        cfg.state_dir, instances or [], follow=follow, lines=lines, write=lambda line: out().print(line, soft_wrap=True)
+        cfg.state_path,
+        instances or [],
+        follow=follow,
+        lines=lines,
+        write=lambda line: out().print(line, soft_wrap=True),
     )
 
 
@@ -225,7 +223,7 @@ def usage_command(
     cfg: FleetConfig,
     *,
     since: SinceOpt = "24h",
-    json_: Annotated[bool, typer.Option("--json", help="machine-readable output (schema in the README)")] = False,
+    json_: JsonOpt = False,
 ) -> None:
     """Per key name, from the gateway's log: requests, errors, 429s, bytes, time in queue, time to first byte."""
     show_usage(cfg, since, json_, front=False)
@@ -233,10 +231,9 @@ def usage_command(
 
 def show_usage(cfg: FleetConfig, since: str, json_: bool, front: bool) -> None:
     from ollama_fleet.actions.usage import usage
-    from ollama_fleet.cli.views import usage_table
+    from ollama_fleet.cli.status_views import usage_table
 
-    assert cfg.state_dir is not None
-    found = {name: u.json_data() for name, u in sorted(usage(cfg.state_dir, since, front=front).items())}
+    found = {name: u.json_data() for name, u in sorted(usage(cfg.state_path, since, front=front).items())}
     if json_:
         print(json.dumps({"schema": 1, "since": since, "keys": found}, indent=2))
     else:

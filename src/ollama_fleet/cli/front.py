@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ollama_fleet.cli import Terminal, app, command, out, warn
+from ollama_fleet.cli import Terminal, app, command, out, warn, with_status
 from ollama_fleet.cli.fleet import Format, SinceOpt, show_usage, watch_view
-from ollama_fleet.cli.options import with_settings
+from ollama_fleet.cli.options import JsonOpt, StopTimeoutOpt, with_settings
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
 
@@ -40,11 +40,9 @@ BoxArg = Annotated[str, typer.Argument(help="the box's name, as `front status` s
 def front_up_command(cfg: FleetConfig) -> None:
     """Read every box's /fleet/info, render the front's HAProxy and start it (again: reload)."""
     from ollama_fleet.actions.front import FrontStatus, front_up
-    from ollama_fleet.cli.views import front_view
+    from ollama_fleet.cli.status_views import front_view
 
-    terminal = Terminal()
-    with terminal.live("reading the boxes"):
-        report = front_up(cfg, progress=terminal)
+    report = with_status("reading the boxes", lambda p: front_up(cfg, progress=p))
     out().print(f"front {report.action}: {report.url}, {len(report.spec.boxes)} box(es)", soft_wrap=True)
     status = FrontStatus(url=report.url, running=True, spec=report.spec, stats=report.stats)
     out().print(front_view(status.json_data()))
@@ -55,16 +53,15 @@ def front_up_command(cfg: FleetConfig) -> None:
 def front_down_command(
     cfg: FleetConfig,
     *,
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds between SIGTERM and SIGKILL", min=0)] = 10.0,
+    timeout: StopTimeoutOpt = 10.0,
 ) -> None:
     """Stop the front that `front up` started."""
     from ollama_fleet.actions.front import front_dir, front_down
 
-    assert cfg.state_dir is not None
-    if front_down(cfg.state_dir, timeout):
+    if front_down(cfg.state_path, timeout):
         out().print("stopped the front")
     else:
-        out().print(f"nothing to stop: no front is recorded in {front_dir(cfg.state_dir)}", soft_wrap=True)
+        out().print(f"nothing to stop: no front is recorded in {front_dir(cfg.state_path)}", soft_wrap=True)
 
 
 @command("status", group=front_app)
@@ -82,17 +79,16 @@ def front_status_command(
     """Per box: state, slots, requests in flight and queued at the front, models; exit 0 when every box is UP."""
     from ollama_fleet.actions.front import front_status
     from ollama_fleet.cli.metrics import front_prometheus
-    from ollama_fleet.cli.views import front_view
+    from ollama_fleet.cli.status_views import front_view
 
-    assert cfg.state_dir is not None
     shape = Format.json if json_ else format_
     if watch:
         if shape is not Format.table:
             raise BadInput(["watch: --watch refreshes the table; use --format json or prometheus without it"])
-        state_dir = cfg.state_dir
+        state_dir = cfg.state_path
         watch_view(lambda: front_view(front_status(state_dir).json_data()), interval)
         return
-    report = front_status(cfg.state_dir)
+    report = front_status(cfg.state_path)
     data = report.json_data()
     if shape is Format.table:
         for problem in report.problems:
@@ -139,10 +135,7 @@ def front_drain_command(
     """Send a box no new request (its streams go on) and wait until it serves none: for maintenance."""
     from ollama_fleet.actions.front import front_drain
 
-    assert cfg.state_dir is not None
-    terminal = Terminal()
-    with terminal.live(f"draining {box}"):
-        busy = front_drain(cfg.state_dir, box, timeout, progress=terminal)
+    busy = with_status(f"draining {box}", lambda p: front_drain(cfg.state_path, box, timeout, progress=p))
     if busy:
         raise UserError(f"{box} is drained but still serves {busy} request(s) after {timeout:g}s")
     out().print(f"{box} is drained: it serves nothing for the front; `front undrain {box}` sends it requests again")
@@ -159,8 +152,7 @@ def front_undrain_command(
     """Send a drained box requests again, once its check passes."""
     from ollama_fleet.actions.front import front_undrain
 
-    assert cfg.state_dir is not None
-    front_undrain(cfg.state_dir, box, timeout)
+    front_undrain(cfg.state_path, box, timeout)
     out().print(f"{box} is UP and receives requests")
 
 
@@ -192,7 +184,7 @@ def front_usage_command(
     cfg: FleetConfig,
     *,
     since: SinceOpt = "24h",
-    json_: Annotated[bool, typer.Option("--json", help="machine-readable output (schema in the README)")] = False,
+    json_: JsonOpt = False,
 ) -> None:
     """Per key name, from the front's log: requests, errors, 429s, bytes, time in queue, time to first byte."""
     show_usage(cfg, since, json_, front=True)

@@ -81,6 +81,7 @@ ConfigOpt = Annotated[
     ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="show tracebacks of errors")]
+StopTimeoutOpt = Annotated[float, typer.Option("--timeout", help="seconds between SIGTERM and SIGKILL", min=0)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output (schema in the README)")]
 
 

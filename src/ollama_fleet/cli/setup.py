@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ollama_fleet.cli import Terminal, command, err, out
+from ollama_fleet.cli import Terminal, command, err, out, with_status
 from ollama_fleet.cli.options import GATEWAY_SETTINGS, INSTANCE_SETTINGS, JsonOpt, with_settings
 from ollama_fleet.config import FleetConfig
 
@@ -156,9 +156,9 @@ def install_systemd_command(
     from ollama_fleet.actions.install import install_systemd
     from ollama_fleet.cli.views import install_lines
 
-    terminal = Terminal()
-    with terminal.live("installing"):
-        done = install_systemd(cfg, root=root, dry_run=dry_run, enable=enable, wait=wait, progress=terminal)
+    done = with_status(
+        "installing", lambda p: install_systemd(cfg, root=root, dry_run=dry_run, enable=enable, wait=wait, progress=p)
+    )
     if dry_run:
         print(done.report.diff, end="")
     for line in install_lines(done, dry_run):
