@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from ollama_fleet.waiting import wait_until
+
 if TYPE_CHECKING:
     import httpx
 
@@ -112,16 +114,16 @@ def gateway_answers(url: str, timeout: float) -> bool:
     """Wait until the gateway answers at all (any status: 401 or 403 mean it listens)."""
     import httpx
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         try:
             # Our own gateway on this machine, perhaps with a self-signed certificate: the
             # question is only whether it listens, so its certificate is not verified.
             httpx.get(url + "/", timeout=1, verify=False, trust_env=False)
             return True
         except httpx.TransportError:
-            time.sleep(0.05)
-    return False
+            return False
+
+    return wait_until(answers, timeout)
 
 
 class Facts(BaseModel):
