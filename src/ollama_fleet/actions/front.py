@@ -42,10 +42,6 @@ def front_dir(state_dir: Path) -> Path:
     return state_dir / "front"
 
 
-def _secret(spec: FrontSpec) -> int:
-    return 0o640 if spec.api_keys or spec.box_key else 0o644
-
-
 def read_boxes(cfg: FleetConfig, previous: FrontSpec | None, progress: Progress) -> list[FrontBox]:
     """Every box of the config: those without `slots=` described by their /fleet/info, read
     at once. A box that does not answer keeps what it said last time (a warning), else it
@@ -94,12 +90,12 @@ def _write_config(spec: FrontSpec, prefix: Path, config: Path, user: tuple[str, 
     """Render, check with `haproxy -c`, write atomically; True when it changed."""
     content = front.render(spec, prefix=prefix, config=config, user=user)
     Haproxy().check(content)
-    return write_changed(config, content, _secret(spec))
+    return write_changed(config, content, spec.file_mode)
 
 
 def _record(home: Path, state: FrontState, spec: FrontSpec) -> None:
     state = state.model_copy(update={"spec": spec.model_dump(mode="json")})
-    write_model(home / FRONT, state, _secret(spec))
+    write_model(home / FRONT, state, spec.file_mode)
 
 
 def front_up(cfg: FleetConfig, progress: Progress) -> FrontReport:
@@ -267,7 +263,7 @@ def front_render(cfg: FleetConfig, output: Path | None, prefix: Path, check: boo
         Haproxy().check(content)
     if output is not None:
         prefix.mkdir(mode=0o755, parents=True, exist_ok=True)
-        write_atomic(output, content, _secret(spec))
+        write_atomic(output, content, spec.file_mode)
     return content
 
 
@@ -319,7 +315,7 @@ def front_install(cfg: FleetConfig, root: Path, enable: bool, progress: Progress
     Haproxy().check(content)
     unit = render("front/ollama-fleet-front.service.j2", haproxy=require_tool("haproxy"), config=front.INSTALLED_CONFIG)
     written = []
-    for path, text, mode in ((front.INSTALLED_CONFIG, content, _secret(spec)), (front.UNIT_FILE, unit, 0o644)):
+    for path, text, mode in ((front.INSTALLED_CONFIG, content, spec.file_mode), (front.UNIT_FILE, unit, 0o644)):
         if write_changed(on_root(root, path), text, mode):
             written.append(str(path))
     state = FrontState(

@@ -11,7 +11,7 @@ from ollama_fleet.accounts import run_as, worker_user
 from ollama_fleet.actions import Progress
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.gateway import engine_named
-from ollama_fleet.gateway.spec import exposure_warning, secret_mode, spec_from
+from ollama_fleet.gateway.spec import exposure_warning, spec_from
 from ollama_fleet.state import write_atomic
 from ollama_fleet.values import checked_path
 
@@ -53,5 +53,5 @@ def render_gateway(
     if output is None:
         # API keys never reach stdout; -o FILE writes them (mode 0640).
         return Rendered(text=engine.render(spec.redacted(), standalone=standalone, prefix=root, user=user))
-    write_atomic(output, content, secret_mode(spec))
+    write_atomic(output, content, spec.file_mode)
     return Rendered(text=None, written=output, checked_with=engine.check_command if check else None)

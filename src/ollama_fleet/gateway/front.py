@@ -107,6 +107,11 @@ class FrontSpec(BaseModel):
         return local_url(self.listen, self.tls is not None)
 
     @property
+    def file_mode(self) -> int:
+        """Of the files that hold its keys, the clients' or the boxes' (its config, front.json)."""
+        return 0o640 if self.api_keys or self.box_key else 0o644
+
+    @property
     def routes(self) -> tuple[FrontRoute, ...]:
         """Per placed model, the boxes that carry it: requests for it go to them only."""
         models = sorted({model for box in self.boxes for model in box.models})

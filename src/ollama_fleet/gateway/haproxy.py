@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import GatewayStats, InstallLayout, KeyStats, ServerStats
-from ollama_fleet.gateway.spec import REDACTED, GatewaySpec, Tls, secret_mode
+from ollama_fleet.gateway.spec import REDACTED, GatewaySpec, Tls
 from ollama_fleet.keys import queue_context
 from ollama_fleet.processes import require_tool, run_tool, with_log_tail
 from ollama_fleet.render import RenderedFile, render
@@ -76,7 +76,7 @@ class Haproxy:
             "haproxy/ollama-fleet-gateway.service.j2", haproxy=require_tool("haproxy"), config=INSTALLED_CONFIG
         )
         return InstallLayout(
-            files=(RenderedFile(INSTALLED_CONFIG, content, secret_mode(spec)), RenderedFile(UNIT_FILE, unit)),
+            files=(RenderedFile(INSTALLED_CONFIG, content, spec.file_mode), RenderedFile(UNIT_FILE, unit)),
             unit=UNIT,
             owned=True,
             # try-: a gateway this install is about to start is started by `enable --now` instead.

@@ -13,7 +13,7 @@ import psutil
 from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import GatewayStats, InstallLayout
 from ollama_fleet.gateway.lifecycle import redrain
-from ollama_fleet.gateway.spec import REDACTED, GatewaySpec, secret_mode
+from ollama_fleet.gateway.spec import REDACTED, GatewaySpec
 from ollama_fleet.keys import tenants
 from ollama_fleet.processes import is_alive, require_tool, run_tool
 from ollama_fleet.render import RenderedFile, render
@@ -44,7 +44,7 @@ class Nginx:
         """A snippet in the distribution's conf.d, checked with nginx -t first."""
         content = self.render(spec, standalone=False, prefix=SNIPPET.parent, user=None)
         self.check(content, standalone=False)
-        return InstallLayout(files=(RenderedFile(SNIPPET, content, secret_mode(spec)),), unit=UNIT, owned=False)
+        return InstallLayout(files=(RenderedFile(SNIPPET, content, spec.file_mode),), unit=UNIT, owned=False)
 
     def render(
         self,

@@ -84,6 +84,11 @@ class GatewaySpec(BaseModel):
     def probe_url(self) -> str:
         return local_url(self.listen, self.tls is not None)
 
+    @property
+    def file_mode(self) -> int:
+        """Of the files that hold its API keys (its configs, gateway.json): owner and group."""
+        return 0o640 if self.api_keys else 0o644
+
 
 def local_url(listen: Listen, tls: bool) -> str:
     """Where a gateway (or the front) answers from this machine: a wildcard listen answers
@@ -178,8 +183,3 @@ def exposure_warning(spec: GatewaySpec | FrontSpec) -> str | None:
         f"the gateway listens on {spec.listen} and lets {', '.join(wide)} in without API keys; "
         "anyone there can use (and pull models onto) the fleet. Add --api-keys-file or narrow --allow"
     )
-
-
-def secret_mode(spec: GatewaySpec) -> int:
-    """Files that hold API keys are readable by owner and group only."""
-    return 0o640 if spec.api_keys else 0o644
