@@ -107,7 +107,9 @@ def foreign_ollama(ours: set[int]) -> list[str]:
     one), as "pid 123 (user ollama, 127.0.0.1:11434)": it may hold GPU memory the fleet's
     instances need."""
     found = []
-    for proc in psutil.process_iter(["pid", "name", "cmdline", "username"]):
+    # Name and command line only: `up` runs this before it starts anything, over every
+    # process of the box, and a user name costs a passwd lookup (read only for a match).
+    for proc in psutil.process_iter(["name", "cmdline"]):
         try:
             cmdline = proc.info["cmdline"] or []
             # The binary itself, or a script named ollama run by its interpreter.
@@ -117,10 +119,11 @@ def foreign_ollama(ours: set[int]) -> list[str]:
             ports = [
                 f"{c.laddr.ip}:{c.laddr.port}" for c in proc.net_connections("tcp") if c.status == psutil.CONN_LISTEN
             ]
+            user = proc.username()
         except psutil.Error:
             continue
         where = ", ".join(ports) or "not listening"
-        found.append(f"pid {proc.pid} (user {proc.info['username']}, {where})")
+        found.append(f"pid {proc.pid} (user {user}, {where})")
     return found
 
 
