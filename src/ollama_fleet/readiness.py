@@ -88,8 +88,8 @@ def wait_ready(
                         f"{name} did not answer GET /api/version within {timeout:g}s", inst.log
                     )
             break
-        if pending:
-            # An instance that answered has logged its devices already; the supervisor
-            # writes them a moment later, so look again soon.
+        if pending and not answered.keys() & probing.keys():
+            # An instance that answered has logged its devices already, and the supervisor
+            # writes them at once: look again now after an answer, soon while one waits.
             time.sleep(0.01 if answered.keys() & pending.keys() else 0.05)
     return result
