@@ -130,13 +130,13 @@ def front_up(cfg: FleetConfig, progress: Progress) -> FrontReport:
 
 
 def _checked(sock: Path) -> bool:
-    found = _stats_or_none(sock)
+    found = _stats_or_none(sock, keys=False)
     return found is not None and all(not box.state.startswith(("UP ", "DOWN ")) for box in found.boxes.values())
 
 
-def _stats_or_none(sock: Path) -> FrontStats | None:
+def _stats_or_none(sock: Path, keys: bool = True) -> FrontStats | None:
     try:
-        return front.stats(sock)
+        return front.stats(sock, keys)
     except UserError:
         return None
 
@@ -213,7 +213,7 @@ def front_status(state_dir: Path) -> FrontStatus:
 
 def _known(sock: Path, name: str) -> None:
     """BadInput unless the front has this box."""
-    boxes = front.stats(sock).boxes
+    boxes = front.stats(sock, keys=False).boxes
     if name not in boxes:
         raise BadInput(f"box: the front has no box {name!r} (its boxes: {', '.join(sorted(boxes)) or 'none'})")
 

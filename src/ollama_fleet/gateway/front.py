@@ -246,8 +246,9 @@ class FrontStats(BaseModel):
     keys: dict[str, KeyStats] = {}  # per key name, with named keys
 
 
-def stats(sock: Path) -> FrontStats:
-    """Per box, from the runtime API; UserError when HAProxy does not answer."""
+def stats(sock: Path, keys: bool = True) -> FrontStats:
+    """Per box (and per key name, unless `keys` is false: a wait on the boxes' states need
+    not read the key tables), from the runtime API; UserError when HAProxy does not answer."""
     rows = stat_rows(sock)
     boxes: dict[str, BoxStats] = {}
     queued = 0
@@ -270,4 +271,4 @@ def stats(sock: Path) -> FrontStats:
         )
     if not boxes and not rows:
         raise UserError(f"the front's HAProxy does not answer on {sock}")
-    return FrontStats(queued=queued, boxes=boxes, keys=key_stats(sock))
+    return FrontStats(queued=queued, boxes=boxes, keys=key_stats(sock) if keys else {})
