@@ -48,7 +48,7 @@ def up_command(
     from ollama_fleet.actions.up import up
 
     report = with_status(None, lambda p: up(cfg, foreground=foreground, rolling=rolling, progress=p, echo=_echo))
-    from ollama_fleet.cli.views import up_table
+    from ollama_fleet.cli.views import up_table  # once the instances run (docs/architecture.md, "Start-up")
 
     out().print(up_table(report.desired, report.changes, report.ready, report.actual))
     if report.gateway:
@@ -159,8 +159,6 @@ def status_command(
     if watch:
         if shape is not Format.table or output is not None:
             raise BadInput(["watch: --watch refreshes the table; use --format json or prometheus without it"])
-        from ollama_fleet.status import gather
-
         state_dir = cfg.state_path
         watch_view(lambda: status_view(gather(state_dir, timeout)), interval)
         return
