@@ -183,3 +183,20 @@ def test_several_bad_fields_give_one_line_each(nvml, models_dir: Path) -> None:
     result = run("plan", "--base-port", "0", "--keep-alive", "soon")
     assert result.exit_code == 2
     assert [line.split(":")[1].strip() for line in result.stderr.splitlines()] == ["base_port", "keep_alive"]
+
+
+@pytest.mark.parametrize(
+    ("first", "kept"),
+    [("up", ["up"]), ("front", ["front"]), ("--help", None), ("upp", None), ("", None)],
+)
+def test_main_builds_only_the_command_its_first_word_names(
+    first: str, kept: list[str] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ollama_fleet.cli as cli
+
+    monkeypatch.setattr(app, "registered_commands", list(app.registered_commands))
+    monkeypatch.setattr(app, "registered_groups", list(app.registered_groups))
+    everything = [c.name for c in app.registered_commands] + [g.name for g in app.registered_groups]
+    cli._only(first)
+    left = [c.name for c in app.registered_commands] + [g.name for g in app.registered_groups]
+    assert left == (kept if kept is not None else everything)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -160,7 +161,19 @@ def with_status(first: str | None, work: Callable[[Terminal], T]) -> T:
         return work(terminal)
 
 
+def _only(name: str) -> None:
+    """Keep on `app` only the command (or group) `name`, when it is one. Typer turns every
+    command's parameters into click options on each run, ~15 ms for all of them, before
+    the command starts; `up` would pay that before its instances start. Any other first
+    word (an option, a typo) keeps them all, for help and for click's suggestions."""
+    commands = [c for c in app.registered_commands if c.name == name]
+    groups = [g for g in app.registered_groups if g.name == name]
+    if commands or groups:
+        app.registered_commands, app.registered_groups = commands, groups
+
+
 def main() -> None:
+    _only(sys.argv[1] if len(sys.argv) > 1 else "")
     try:
         app(prog_name="ollama-fleet")
     finally:
