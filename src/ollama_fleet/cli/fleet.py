@@ -215,24 +215,24 @@ def logs_command(
 SinceOpt = Annotated[str, typer.Option("--since", help="how far back: 30m, 24h, 7d", metavar="DURATION")]
 
 
-@command("usage")
-@with_settings("state_dir", config_file=False)
-def usage_command(
-    cfg: FleetConfig,
-    *,
-    since: SinceOpt = "24h",
-    json_: JsonOpt = False,
-) -> None:
-    """Per key name, from the gateway's log: requests, errors, 429s, bytes, time in queue, time to first byte."""
-    show_usage(cfg, since, json_, front=False)
+def register_usage(group: typer.Typer | None, of: str) -> None:
+    """`usage` and `front usage`: the same options and view, over the log of the gateway or
+    of the front (`group` is the front's)."""
+
+    def usage_command(cfg: FleetConfig, *, since: SinceOpt = "24h", json_: JsonOpt = False) -> None:
+        from ollama_fleet.actions.usage import usage
+        from ollama_fleet.cli.status_views import usage_table
+
+        found = {name: u.json_data() for name, u in sorted(usage(cfg.state_path, since, front=of == "front").items())}
+        if json_:
+            print(json.dumps({"schema": 1, "since": since, "keys": found}, indent=2))
+        else:
+            out().print(usage_table(found, since))
+
+    usage_command.__doc__ = (
+        f"Per key name, from the {of}'s log: requests, errors, 429s, bytes, time in queue, time to first byte."
+    )
+    command("usage", group=group)(with_settings("state_dir", config_file=False)(usage_command))
 
 
-def show_usage(cfg: FleetConfig, since: str, json_: bool, front: bool) -> None:
-    from ollama_fleet.actions.usage import usage
-    from ollama_fleet.cli.status_views import usage_table
-
-    found = {name: u.json_data() for name, u in sorted(usage(cfg.state_path, since, front=front).items())}
-    if json_:
-        print(json.dumps({"schema": 1, "since": since, "keys": found}, indent=2))
-    else:
-        out().print(usage_table(found, since))
+register_usage(None, "gateway")

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from ollama_fleet.cli import Terminal, app, command, out, warn, with_status
-from ollama_fleet.cli.fleet import Format, SinceOpt, show_usage, watch_view
-from ollama_fleet.cli.options import JsonOpt, StopTimeoutOpt, with_settings
+from ollama_fleet.cli.fleet import Format, register_usage, watch_view
+from ollama_fleet.cli.options import StopTimeoutOpt, with_settings
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
 
@@ -178,16 +178,7 @@ def front_install_command(
         out().print(f"{UNIT} is enabled and running")
 
 
-@command("usage", group=front_app)
-@with_settings("state_dir", config_file=False)
-def front_usage_command(
-    cfg: FleetConfig,
-    *,
-    since: SinceOpt = "24h",
-    json_: JsonOpt = False,
-) -> None:
-    """Per key name, from the front's log: requests, errors, 429s, bytes, time in queue, time to first byte."""
-    show_usage(cfg, since, json_, front=True)
+register_usage(front_app, "front")
 
 
 @command("pull")
