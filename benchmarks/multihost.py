@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -185,10 +184,8 @@ def kill_gateway(lab, url, name, state, until):  # type: ignore[no-untyped-def]
 
     loops = [pool.submit(loop) for _ in range(BOXES * INSTANCES)]
     time.sleep(1.5)
-    pids = subprocess.run(["ip", "netns", "pids", lab.ns(name)], capture_output=True, text=True).stdout.split()
-    for pid in pids:
-        if Path(f"/proc/{pid}/comm").read_text().strip() == "haproxy":
-            os.kill(int(pid), signal.SIGKILL)
+    for pid in lab.pids(name, "haproxy"):
+        os.kill(pid, signal.SIGKILL)
     until(lambda: state(name) == "DOWN")
     time.sleep(1.5)
     stop.set()

@@ -194,6 +194,10 @@ class Lab:
         self.pools.append(pool)
         return pool
 
+    def pids(self, host: str, program: str | None = None) -> list[int]:
+        """The processes in `host`'s namespace (those of `program` only, by their comm)."""
+        return _pids(self.ns(host), program)
+
     def call(self, host: str, func, *args, **kwargs):  # type: ignore[no-untyped-def]
         """Run one call in a thread inside `host`'s namespace."""
         return self.pool(host, 1).submit(func, *args, **kwargs).result()
@@ -211,12 +215,20 @@ class Lab:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         for ns in self.namespaces:  # whatever still runs inside (the front's HAProxy ...), by pid
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
+            for pid in _pids(ns):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _pids(ns: str, program: str | None = None) -> list[int]:
+    found = []
+    for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if program is None or Path(f"/proc/{pid}/comm").read_text().strip() == program:
+                found.append(int(pid))
+    return found
 
 
 if __name__ == "__main__":  # pragma: no cover - by hand: python -m tests.lab (lists leftovers)

@@ -212,11 +212,6 @@ def test_a_box_that_vanishes_is_out_fast_its_streams_end_and_no_waiting_request_
 def test_a_box_whose_gateway_dies_costs_at_most_one_request(pair: Lab) -> None:
     import os
     import signal
-    import subprocess
-
-    def haproxy_pids(host: str) -> list[int]:
-        pids = subprocess.run(["ip", "netns", "pids", pair.ns(host)], capture_output=True, text=True).stdout.split()
-        return [int(p) for p in pids if open(f"/proc/{p}/comm").read().strip() == "haproxy"]
 
     pool = pair.pool("front", 8)
     stop = threading.Event()
@@ -230,7 +225,7 @@ def test_a_box_whose_gateway_dies_costs_at_most_one_request(pair: Lab) -> None:
 
     loops = [pool.submit(loop) for _ in range(4)]
     time.sleep(1)
-    for pid in haproxy_pids("boxb"):
+    for pid in pair.pids("boxb", "haproxy"):
         os.kill(pid, signal.SIGKILL)
     assert wait_state(pair, "boxb", "DOWN", 10) < 5
     time.sleep(1)
