@@ -232,26 +232,30 @@ def _worker(state: FrontState | None = None) -> tuple[str, str] | None:
     return installed_worker() if (state is not None and state.unit) or os.geteuid() == 0 else None
 
 
-def front_drain(state_dir: Path, name: str, timeout: float, progress: Progress) -> int:
-    """Send the box no new request; wait (up to `timeout`) until it serves none for the
-    front. Its streams go on. Returns how many requests were still busy at the timeout."""
+def _mark_drained(state_dir: Path, name: str, drained: bool) -> FrontState:
+    """Put the box on the front's drained list, or take it off (config and front.json)."""
     state = _located(state_dir)
     _known(state.prefix / SOCKET, name)
     spec = FrontSpec.model_validate(state.spec)
-    if name not in spec.drained:
-        _redrain(state, spec.model_copy(update={"drained": (*spec.drained, name)}), front_dir(state_dir))
+    if (name in spec.drained) != drained:
+        others = tuple(n for n in spec.drained if n != name)
+        _redrain(
+            state, spec.model_copy(update={"drained": (*others, name) if drained else others}), front_dir(state_dir)
+        )
+    return state
+
+
+def front_drain(state_dir: Path, name: str, timeout: float, progress: Progress) -> int:
+    """Send the box no new request; wait (up to `timeout`) until it serves none for the
+    front. Its streams go on. Returns how many requests were still busy at the timeout."""
+    state = _mark_drained(state_dir, name, True)
     progress.status(f"waiting for {name}'s requests to finish")
     return Haproxy().drain(state.prefix, name, timeout)
 
 
 def front_undrain(state_dir: Path, name: str, timeout: float) -> None:
     """Send the box requests again; wait until the front sees it UP."""
-    state = _located(state_dir)
-    _known(state.prefix / SOCKET, name)
-    spec = FrontSpec.model_validate(state.spec)
-    if name in spec.drained:
-        drained = tuple(n for n in spec.drained if n != name)
-        _redrain(state, spec.model_copy(update={"drained": drained}), front_dir(state_dir))
+    state = _mark_drained(state_dir, name, False)
     Haproxy().undrain(state.prefix, name, timeout)
 
 
