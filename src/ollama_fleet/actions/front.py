@@ -194,10 +194,17 @@ class FrontStatus:
         }
 
 
-def _located(state_dir: Path) -> FrontState:
+def recorded_front(state_dir: Path) -> FrontState:
+    """The front recorded here (by `front up` or `front install-systemd`), else UserError."""
     state = read_front(front_dir(state_dir))
     if state is None:
         raise UserError(f"no front is recorded in {front_dir(state_dir)}: start one with `ollama-fleet front up`")
+    return state
+
+
+def _located(state_dir: Path) -> FrontState:
+    """The recorded front, whose admin socket this user may use."""
+    state = recorded_front(state_dir)
     check_access(state.prefix / SOCKET)
     return state
 

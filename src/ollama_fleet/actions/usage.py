@@ -114,12 +114,9 @@ def log_lines(state_dir: Path, since: int) -> list[str]:
 
 def front_log_lines(state_dir: Path, since: int) -> list[str]:
     """The front's log: its access.log under `front up`, else its unit's journal."""
-    from ollama_fleet.actions.front import front_dir
-    from ollama_fleet.state import read_front
+    from ollama_fleet.actions.front import recorded_front
 
-    state = read_front(front_dir(state_dir))
-    if state is None:
-        raise UserError(f"no front is recorded in {front_dir(state_dir)}: start one with `ollama-fleet front up`")
+    state = recorded_front(state_dir)
     return journal_since(state.unit, since) if state.unit else _read(state.prefix / ACCESS_LOG)
 
 
