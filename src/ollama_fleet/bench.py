@@ -325,7 +325,7 @@ def prepare(
 ) -> Run:
     """Every bad option at once (exit 2), then one probe of the URL and the model (exit 1)."""
     from ollama_fleet.errors import BadInput, UserError
-    from ollama_fleet.gateway.spec import read_api_keys
+    from ollama_fleet.keys import read_keys
 
     problems = []
     if not re.fullmatch(r"https?://[^\s/]+", url.rstrip("/")):
@@ -344,7 +344,7 @@ def prepare(
             raise BadInput(f"prompts: cannot read {prompts} ({exc.strerror})") from None
         if not texts:
             raise BadInput(f"prompts: {prompts} holds no prompt")
-    headers = {"Authorization": f"Bearer {read_api_keys(api_key_file)[0].key}"} if api_key_file else {}
+    headers = {"Authorization": f"Bearer {read_keys(api_key_file)[0].key}"} if api_key_file else {}
     base = url.rstrip("/")
     if (problem := check_target(base, model, headers)) is not None:
         raise UserError(problem)

@@ -19,8 +19,8 @@ from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import KeyStats
 from ollama_fleet.gateway.haproxy import MODEL_PATHS, body_bytes, check_inputs, key_stats, stat_rows
-from ollama_fleet.gateway.spec import INFO_SCHEMA, Tls, local_url, read_api_keys, tls_of
-from ollama_fleet.keys import ApiKey, queue_context
+from ollama_fleet.gateway.spec import INFO_SCHEMA, Tls, local_url, tls_of
+from ollama_fleet.keys import ApiKey, queue_context, read_keys
 from ollama_fleet.names import canonical, spellings
 from ollama_fleet.values import Box, Listen, box_name, model_name
 
@@ -179,7 +179,7 @@ def unique_names(boxes: list[FrontBox]) -> list[FrontBox]:
 def box_key(config: FleetConfig) -> str | None:
     if config.box_key_file is None:
         return None
-    keys = read_api_keys(config.box_key_file, field="box_key_file")
+    keys = read_keys(config.box_key_file, field="box_key_file")
     if len(keys) != 1:
         raise BadInput(f"box_key_file: {config.box_key_file} holds {len(keys)} keys; the front presents one")
     return keys[0].key
@@ -199,7 +199,7 @@ def spec_from(config: FleetConfig, boxes: list[FrontBox], drained: tuple[str, ..
         srv=srv,
         listen=config.listen,
         allow=tuple(str(net) for net in config.allow),
-        api_keys=read_api_keys(config.api_keys_file) if config.api_keys_file else (),
+        api_keys=read_keys(config.api_keys_file) if config.api_keys_file else (),
         box_key=box_key(config),
         read_timeout=config.read_timeout,
         max_body_size=config.max_body_size,

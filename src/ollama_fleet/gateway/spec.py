@@ -98,11 +98,6 @@ def local_url(listen: Listen, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{host}:{listen.port}"
 
 
-def read_api_keys(path: Path, field: str = "api_keys_file") -> tuple[ApiKey, ...]:
-    """The keys file (keys.py): each key checked so it cannot break out of a config."""
-    return read_keys(path, field)
-
-
 def tls_of(config: FleetConfig) -> Tls | None:
     """The TLS pair of a gateway or the front, both files there (config.py checked they go together)."""
     if config.tls_cert is None or config.tls_key is None:
@@ -129,7 +124,7 @@ def spec_from(config: FleetConfig, plan: Plan) -> GatewaySpec:
         models=routes,
         listen=config.listen,
         allow=tuple(str(net) for net in config.allow),
-        api_keys=read_api_keys(config.api_keys_file) if config.api_keys_file else (),
+        api_keys=read_keys(config.api_keys_file) if config.api_keys_file else (),
         balance=config.balance,
         read_timeout=config.read_timeout,
         max_body_size=config.max_body_size,
