@@ -36,6 +36,8 @@ import hashlib
 import ipaddress
 import json
 import os
+import posixpath
+import re
 import signal
 import socket
 import sys
@@ -43,6 +45,7 @@ import threading
 import time
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
 
 START_ENV = dict(os.environ)
 
@@ -286,6 +289,15 @@ def origin_allowed(origin: str) -> bool:
 ENGINE = Engine()
 
 
+def clean_path(p: str) -> str:
+    """net/http's ServeMux cleanPath: path.Clean, keeping a trailing slash."""
+    cleaned = posixpath.normpath(p) if p else "/"
+    cleaned = "/" + cleaned.lstrip("/")  # path.Clean folds a leading // as well
+    if p.endswith("/") and cleaned != "/":
+        cleaned += "/"
+    return cleaned
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fake-ollama"
@@ -326,8 +338,27 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         return False
 
+    def _route(self) -> bool:
+        """Where Go's net/http and gin send the request. The request-target is decoded once
+        (url.ParseRequestURI: /api%2Fpul%6C is /api/pull, a bad escape is 400); Ollama serves
+        through http.DefaultServeMux (server/routes.go Serve: http.Handle("/", h)), which
+        answers 301 to a path that is not clean (//, /./, /../); gin routes on the decoded
+        URL.Path (UseRawPath off). Sets self.route."""
+        # Origin-form (/path?query) as it comes: urlsplit would read //x/y as a host x.
+        raw = self.path.split("?")[0] if self.path.startswith("/") else urlsplit(self.path).path
+        keep, self.close_connection = self.close_connection, True  # an early answer leaves a body unread
+        if re.search(r"%(?![0-9A-Fa-f]{2})", raw):
+            self._send(400, b"400 Bad Request", "text/plain; charset=utf-8")
+            return False
+        self.route = unquote(raw)
+        if clean_path(self.route) != self.route:
+            return self._abort(301, {"Location": clean_path(self.route)})
+        self.close_connection = keep
+        return True
+
     def do_OPTIONS(self) -> None:
-        self._check_host()
+        if self._route():
+            self._check_host()
 
     def _send(self, status: int, data: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -340,14 +371,26 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, dumps(body).encode(), "application/json; charset=utf-8")
 
     def _body(self) -> dict | None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raw = self._chunked()  # Go's net/http decodes it before any handler
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
         try:
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
             self._json(400, {"error": "invalid request body"})
             return None
         return body if isinstance(body, dict) else {}
+
+    def _chunked(self) -> bytes:
+        data = b""
+        while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            data += self.rfile.read(size)
+            self.rfile.readline()
+        while self.rfile.readline().strip():  # trailers
+            pass
+        return data
 
     def _start_stream(self, content_type: str) -> None:
         self.send_response(200)
@@ -363,7 +406,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------ routes
     def do_HEAD(self) -> None:
-        if not self._check_host():
+        if not self._route() or not self._check_host():
             return
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
@@ -371,12 +414,20 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_GET(self) -> None:
-        if not self._check_host():
+        if not self._route() or not self._check_host():
             return
         routes = {
             "/api/version": lambda: {"version": VERSION},
             "/api/tags": lambda: {"models": [tag(m) for m in models_present()]},
             "/api/ps": lambda: {"models": ENGINE.ps()},
+            # openai/openai.go ToListCompletion (middleware.ListMiddleware over ListHandler).
+            "/v1/models": lambda: {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": int(time.time()), "owned_by": "library"}
+                    for m in models_present()
+                ],
+            },
             "/_fake/env": lambda: START_ENV,
             "/_fake/stats": lambda: {
                 "peak_concurrency": ENGINE.peak,
@@ -387,10 +438,10 @@ class Handler(BaseHTTPRequestHandler):
                 "waiting": ENGINE.waiting,
             },
         }
-        if self.path == "/":
+        if self.route == "/":
             self._send(200, b"Ollama is running", "text/plain; charset=utf-8")
-        elif self.path in routes:
-            self._json(200, routes[self.path]())
+        elif self.route in routes:
+            self._json(200, routes[self.route]())
         else:
             self._not_found()
 
@@ -398,12 +449,12 @@ class Handler(BaseHTTPRequestHandler):
         self._send(404, b"404 page not found", "text/plain")
 
     def do_POST(self) -> None:
-        if not self._check_host():
+        if not self._route() or not self._check_host():
             return
         body = self._body()
         if body is None:
             return
-        path = self.path.split("?")[0]
+        path = self.route
         if path == "/api/pull":
             return self._pull(body)
         kinds = {

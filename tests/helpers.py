@@ -126,6 +126,20 @@ def wait_answering(url: str, timeout: float = 10.0, **kwargs: object):
             time.sleep(0.02)
 
 
+def refused_source(url: str, engine: str, headers: dict[str, str] | None = None) -> None:
+    """Assert that a client outside the allowlist (127.0.0.2) is refused: nginx answers 403,
+    HAProxy (a box or the front) closes the connection before reading a byte of it."""
+    import httpx
+
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=5) as other:
+        try:
+            response = other.get(url, headers=headers)
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+            assert engine == "haproxy", f"{engine} closed the connection instead of answering 403"
+            return
+    assert engine == "nginx" and response.status_code == 403, (engine, response.status_code)
+
+
 def fake_home() -> str:
     """A HOME for fake instances started by tests: Ollama writes its key to ~/.ollama at
     start (and so does the fake); never the HOME of whoever runs the tests. Removed at exit."""

@@ -36,6 +36,7 @@ from ollama_fleet.values import (
     model_pairs,
     parse_listen,
     parse_resolver,
+    server_name,
     split_list,
     srv_name,
     unloads_at_once,
@@ -48,7 +49,7 @@ else:  # pragma: no cover - Ubuntu 22.04 ships Python 3.10
 
 CONFIG_FILE_NAME = "ollama-fleet.toml"
 # Settings whose flag is not `--` + their name (a repeated flag reads better singular).
-FLAGS = {"gateway": "--no-gateway", "boxes": "--box"}
+FLAGS = {"gateway": "--no-gateway", "boxes": "--box", "server_names": "--server-name"}
 ENV_PREFIX = "OLLAMA_FLEET_"
 
 # Variables the fleet sets on every instance itself, and the setting that controls each.
@@ -106,6 +107,11 @@ class FleetConfig(BaseModel):
     )
     allow: tuple[Network, ...] = Field(
         (), description="client networks allowed through the gateway, besides 127.0.0.1 and ::1 (repeatable)"
+    )
+    server_names: tuple[Annotated[str, AfterValidator(server_name)], ...] = Field(
+        (),
+        description="host names clients reach the gateway by (repeatable; `*.example.com` for all under it), "
+        "besides localhost, IP addresses and this host's name: any other Host is refused (DNS rebinding)",
     )
     api_keys_file: SafePath | None = Field(
         None,
@@ -169,7 +175,7 @@ class FleetConfig(BaseModel):
             raise ValueError("lists a GPU twice")
         return tuple(items)
 
-    @field_validator("preload", "allow", mode="before")
+    @field_validator("preload", "allow", "server_names", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return split_list(value)
@@ -219,6 +225,9 @@ class FleetConfig(BaseModel):
     def _size(cls, value: str) -> str:
         if not _SIZE.fullmatch(value):
             raise ValueError("expected a size such as 100m, 512k or 1g")
+        if int(value.rstrip("kKmMgG")) == 0:
+            # nginx reads 0 as "no limit", HAProxy as "refuse every body": neither is meant.
+            raise ValueError("0 has no single meaning across the engines; give a size such as 100m")
         return value
 
     @field_validator("box_slots")

@@ -26,7 +26,8 @@ else:  # pragma: no cover - Ubuntu 22.04 ships Python 3.10
     import tomli as tomllib
 
 # RFC 6750 bearer token characters: nothing that could end a quoted nginx or HAProxy string.
-KEY = re.compile(r"[A-Za-z0-9._~+/=-]{8,200}")
+# At least 16 characters: a short key is guessed through the gateway's own answers.
+KEY = re.compile(r"[A-Za-z0-9._~+/=-]{16,200}")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 RATE = re.compile(r"(\d{1,9})/(s|m|h)")
 PERIOD = {"s": 1, "m": 60, "h": 3600}
@@ -89,7 +90,7 @@ def _problem(exc: Exception) -> str:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "key"
         if field == "key":
-            return "the key is not 8-200 of A-Z a-z 0-9 . _ ~ + / = -"
+            return "the key is not 16-200 of A-Z a-z 0-9 . _ ~ + / = - (a # in a key is refused, not cut)"
         if error["type"] == "extra_forbidden":
             return f"unknown field {field!r} (fields: {', '.join(FIELDS)})"
         message = re.sub(r"^Value error, ", "", error["msg"])
@@ -100,7 +101,9 @@ def _problem(exc: Exception) -> str:
 def _lines(text: str, field: str, path: Path) -> list[tuple[int, dict[str, Any]]]:
     entries = []
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
+        # A comment starts a line or follows a space: a `#` inside a key is part of it (and
+        # refused), never a silent cut to a shorter key that works.
+        line = re.split(r"(?:^|\s)#", raw, maxsplit=1)[0].strip()
         if not line:
             continue
         key, *pairs = line.split()

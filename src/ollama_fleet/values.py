@@ -58,6 +58,39 @@ def unloads_at_once(keep_alive: str) -> bool:
     return all(float(number) == 0 for number in re.findall(r"\d+(?:\.\d*)?|\.\d+", keep_alive))
 
 
+_SERVER_NAME = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*")
+
+
+def server_name(value: str) -> str:
+    """A host name clients may give in `Host` (`llm.example.com`, or `*.example.com` for any
+    name under it): lower-case letters, digits, dots and dashes only, so it can sit in a
+    regex of either engine."""
+    value = value.strip().lower().rstrip(".")
+    if not _SERVER_NAME.fullmatch(value):
+        raise ValueError("not a host name (llm.example.com, or *.example.com for every name under it)")
+    return value
+
+
+def host_pattern(names: tuple[str, ...]) -> str:
+    """The `Host` values a gateway serves, as one regex over the lower-cased header, port
+    included: what Ollama's allowedHostsMiddleware lets through on loopback (server/routes.go:
+    empty, localhost, *.localhost, *.local, *.internal, an IP address, the host's own name),
+    plus the operator's server names. A DNS-rebinding page has a name of its own, never these.
+    No braces or quotes, which would end the engines' config strings."""
+
+    def name_re(name: str) -> str:
+        return r"[a-z0-9.-]*\." + re.escape(name[2:]) if name.startswith("*.") else re.escape(name)
+
+    hosts = [
+        "localhost",
+        r"[a-z0-9.-]*\.(localhost|local|internal)",
+        r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+",
+        r"\[[0-9a-f:.]+\]",
+        *map(name_re, names),
+    ]
+    return "^((" + "|".join(hosts) + ")(:[0-9]+)?)?$"
+
+
 def model_name(value: str) -> str:
     if not _MODEL.fullmatch(value):
         raise ValueError("not a valid model name")

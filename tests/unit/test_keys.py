@@ -58,10 +58,10 @@ def test_a_toml_keys_file(tmp_path: Path) -> None:
         ("sk-alice-0123456789 max_concurrent=0\n", "line 1 of {path}: max_concurrent: "),
         ("\nsk-alice-0123456789 colour=red\n", "line 2 of {path}: unknown field 'colour'"),
         ("sk-alice-01234 56789\n", "line 1 of {path}: after the key come field=value pairs"),
-        ('sk-alice-0123456789";evil\n', "line 1 of {path}: the key is not 8-200 of"),
+        ('sk-alice-0123456789";evil\n', "line 1 of {path}: the key is not 16-200 of"),
         ("sk-alice-0123456789 name=x;y\n", "line 1 of {path}: name: "),
         (
-            "sk-a-0123456789 name=team rate=1/s\nsk-b-0123456789 name=team\n",
+            "sk-a-0123456789abc name=team rate=1/s\nsk-b-0123456789abc name=team\n",
             "line 2 of {path}: name 'team' is given again with other priority or limits",
         ),
         ("# nothing\n", "{path} holds no key"),
@@ -77,14 +77,16 @@ def test_bad_lines_name_the_line_and_never_the_key(tmp_path: Path, text: str, me
 
 
 def test_keys_sharing_a_name_share_its_rules(tmp_path: Path) -> None:
-    keys = read_keys(keys_file(tmp_path, "sk-a-0123456789 name=team rate=1/s\nsk-b-0123456789 name=team rate=1/s\n"))
+    keys = read_keys(
+        keys_file(tmp_path, "sk-a-0123456789abc name=team rate=1/s\nsk-b-0123456789abc name=team rate=1/s\n")
+    )
     assert [k.name for k in keys] == ["team", "team"]
 
 
 def test_priority_classes_keep_the_queue_timeout_under_the_wrap(tmp_path: Path) -> None:
-    plain = read_keys(keys_file(tmp_path, "sk-a-0123456789 rate=3/m\nsk-b-0123456789 rate=1/s\n"))
+    plain = read_keys(keys_file(tmp_path, "sk-a-0123456789abc rate=3/m\nsk-b-0123456789abc rate=1/s\n"))
     assert queue_context(plain, 600) == {"tenants": plain, "rate_periods": [1, 60], "queue_timeout": 600}
-    ordered = read_keys(keys_file(tmp_path, "sk-a-0123456789 priority=batch\n"))
+    ordered = read_keys(keys_file(tmp_path, "sk-a-0123456789abc priority=batch\n"))
     assert queue_context(ordered, 600)["queue_timeout"] == 520
     assert queue_context(ordered, 300)["queue_timeout"] == 300
 

@@ -21,7 +21,7 @@ from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import front
 from ollama_fleet.gateway.front import FrontBox, FrontSpec, FrontStats
 from ollama_fleet.gateway.haproxy import SOCKET, Haproxy, check_access, installed_worker
-from ollama_fleet.gateway.spec import exposure_warning
+from ollama_fleet.gateway.spec import GatewaySpec, exposure_warnings
 from ollama_fleet.processes import port_holder, stop_processes
 from ollama_fleet.state import (
     FRONT,
@@ -72,8 +72,7 @@ def read_boxes(cfg: FleetConfig, previous: FrontSpec | None, progress: Progress)
 def _spec(cfg: FleetConfig, previous: FrontState | None, progress: Progress) -> FrontSpec:
     before = FrontSpec.model_validate(previous.spec) if previous else None
     spec = front.spec_from(cfg, read_boxes(cfg, before, progress), drained=before.drained if before else ())
-    warning = exposure_warning(spec)
-    if warning:
+    for warning in exposure_warnings(spec, cfg):
         progress.warn(warning.replace("the gateway", "the front"))
     return spec
 
@@ -267,14 +266,17 @@ def front_undrain(state_dir: Path, name: str, timeout: float) -> None:
 
 
 def front_render(cfg: FleetConfig, output: Path | None, prefix: Path, check: bool, progress: Progress) -> str:
-    """The front's config for an HAProxy of your own, from the boxes' answers now."""
+    """The front's config for an HAProxy of your own, from the boxes' answers now: written
+    whole to `output`, or returned with its keys (the clients' and the box key) redacted,
+    since what goes to stdout ends up in terminals, scrollback and CI logs."""
     spec = _spec(cfg, None, progress)
     content = front.render(spec, prefix=prefix, config=output)
     if check:
         Haproxy().check(content)
-    if output is not None:
-        prefix.mkdir(mode=0o755, parents=True, exist_ok=True)
-        write_atomic(output, content, spec.file_mode)
+    if output is None:
+        return Haproxy().redact(content)
+    prefix.mkdir(mode=0o755, parents=True, exist_ok=True)
+    write_atomic(output, content, spec.file_mode)
     return content
 
 
@@ -296,8 +298,9 @@ def pull_targets(cfg: FleetConfig) -> PullTargets:
         return PullTargets({box.name: box.url for box in spec.boxes}, key or spec.box_key)
     gateway = read_gateway(cfg.state_path)
     if gateway is not None and gateway.url:
-        keys = (gateway.spec or {}).get("api_keys") or [{"key": None}]
-        return PullTargets({"this box": gateway.url}, key or keys[0]["key"])
+        # A gateway.json of an older version holds plain strings; GatewaySpec reads both.
+        keys = GatewaySpec.model_validate(gateway.spec).api_keys if gateway.spec else ()
+        return PullTargets({"this box": gateway.url}, key or (keys[0].key if keys else None))
     raise BadInput("box: no box to pull on: give --box URL (repeatable), or run it where a fleet or a front is up")
 
 

@@ -11,7 +11,7 @@ from ollama_fleet.accounts import run_as, worker_user
 from ollama_fleet.actions import Progress
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.gateway import engine_named
-from ollama_fleet.gateway.spec import exposure_warning, spec_from
+from ollama_fleet.gateway.spec import exposure_warnings, spec_from
 from ollama_fleet.state import write_atomic
 from ollama_fleet.values import checked_path
 
@@ -38,7 +38,7 @@ def render_gateway(
     root = (checked_path(prefix, "prefix") if prefix else cfg.state_path / "gateway").absolute()
     result = make_plan(cfg, progress)
     spec = spec_from(cfg, result)
-    if message := exposure_warning(spec):
+    for message in exposure_warnings(spec, cfg):
         progress.warn(message)
     engine = engine_named(engine_name)
     standalone = standalone or engine.always_complete

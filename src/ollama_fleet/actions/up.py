@@ -20,7 +20,7 @@ from ollama_fleet.errors import FleetError, Interrupted, Missing, UserError
 from ollama_fleet.gateway import Engine, engine_named
 from ollama_fleet.gateway.lifecycle import converge
 from ollama_fleet.gateway.lifecycle import preflight as gateway_preflight
-from ollama_fleet.gateway.spec import GatewaySpec, exposure_warning, spec_from
+from ollama_fleet.gateway.spec import GatewaySpec, exposure_warnings, spec_from
 from ollama_fleet.gpus import resolve
 from ollama_fleet.plan import Plan, ignored_env, inspect_models_dir, loads, plan
 from ollama_fleet.processes import find_tool, foreign_ollama, port_holder, resolve_binary, with_log_tail
@@ -92,7 +92,7 @@ def gateway_for(cfg: FleetConfig, result: Plan, progress: Progress) -> tuple[Eng
             f"{name} is not installed: running without a gateway (apt-get install {name}; --no-gateway silences this)"
         )
         return None, None
-    if message := exposure_warning(spec):
+    for message in exposure_warnings(spec, cfg):
         progress.warn(message)
     return engine_named(name), spec
 

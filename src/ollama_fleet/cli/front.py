@@ -25,6 +25,7 @@ FRONT_SETTINGS = (
     *BOX_SETTINGS,
     "listen",
     "allow",
+    "server_names",
     "api_keys_file",
     "read_timeout",
     "max_body_size",

@@ -30,6 +30,7 @@ METAVARS = {
     "engine": "ENGINE",
     "listen": "ADDR",
     "allow": "CIDR",
+    "server_names": "HOST",
     "api_keys_file": "PATH",
     "balance": "METHOD",
     "read_timeout": "S",
@@ -61,6 +62,7 @@ GATEWAY_SETTINGS = (
     "engine",
     "listen",
     "allow",
+    "server_names",
     "api_keys_file",
     "balance",
     "read_timeout",
@@ -94,7 +96,7 @@ def setting_option(name: str, help_text: str | None = None) -> Any:
     text = help_text or f"{field.description}{shown}"
     if field.annotation is bool:
         return Annotated[bool | None, typer.Option(f"--{name}/--no-{name}", help=text, show_default=False)]
-    repeats = get_origin(field.annotation) in (tuple, dict) or name in ("allow", "boxes")
+    repeats = get_origin(field.annotation) in (tuple, dict) or name in ("allow", "boxes", "server_names")
     kind: Any = list[str] | None if repeats else str | None
     return Annotated[kind, typer.Option(flag_of(name), help=text, metavar=METAVARS[name], show_default=False)]
 

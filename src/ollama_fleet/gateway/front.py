@@ -19,10 +19,10 @@ from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import KeyStats
 from ollama_fleet.gateway.haproxy import MODEL_PATHS, body_bytes, check_inputs, key_stats, stat_rows
-from ollama_fleet.gateway.spec import INFO_SCHEMA, Tls, local_url, tls_of
+from ollama_fleet.gateway.spec import INFO_SCHEMA, Tls, local_url, served_hosts, tls_of
 from ollama_fleet.keys import ApiKey, queue_context, read_keys
 from ollama_fleet.names import canonical, spellings
-from ollama_fleet.values import Box, Listen, box_name, model_name
+from ollama_fleet.values import Box, Listen, box_name, host_pattern, model_name
 
 # Under systemd: its own config, unit and runtime dir, beside a box's gateway on one host.
 INSTALLED_CONFIG = Path("/etc/ollama-fleet/front.cfg")
@@ -32,7 +32,19 @@ RUN_DIR = Path("/run/ollama-fleet-front")
 MAIN = "front_boxes"  # checks every box; every other backend tracks it
 SRV_SERVERS = 32  # server-template slots: at most this many boxes from SRV records
 SRV_PREFIX = "srv"  # their names: srv1, srv2, ...
-WRITES = "/api/pull /api/push /api/create /api/copy /api/delete"
+# What the front passes to the boxes (ollama/ollama server/routes.go GenerateRoutes): generation,
+# embeddings and metadata, decoded paths; /v1/models/<model> too. Everything else, model writes
+# and the account routes included, is refused at the front.
+SERVED = (
+    "/",
+    "/api/version",
+    "/api/tags",
+    "/api/ps",
+    "/api/show",
+    *MODEL_PATHS,
+    "/v1/models",
+    "/v1/audio/transcriptions",
+)
 
 
 class BoxInfo(BaseModel):
@@ -95,6 +107,7 @@ class FrontSpec(BaseModel):
     srv: SrvBoxes | None = None
     listen: Listen
     allow: tuple[str, ...]
+    hosts: str = host_pattern(())  # the Host values it serves
     api_keys: tuple[ApiKey, ...]
     box_key: str | None
     read_timeout: int
@@ -199,6 +212,7 @@ def spec_from(config: FleetConfig, boxes: list[FrontBox], drained: tuple[str, ..
         srv=srv,
         listen=config.listen,
         allow=tuple(str(net) for net in config.allow),
+        hosts=served_hosts(config),
         api_keys=read_keys(config.api_keys_file) if config.api_keys_file else (),
         box_key=box_key(config),
         read_timeout=config.read_timeout,
@@ -221,7 +235,7 @@ def render(spec: FrontSpec, *, prefix: Path, config: Path | None = None, user: t
         everyone=[(box.name, box.slots) for box in spec.boxes],
         by_name={box.name: box for box in spec.boxes},
         model_paths=MODEL_PATHS,
-        writes=WRITES,
+        served=SERVED,
         max_body_bytes=body_bytes(spec.max_body_size),
         **queue_context(spec.api_keys, spec.read_timeout),
         srv_servers=SRV_SERVERS,

@@ -47,6 +47,8 @@ MODEL_PATHS = (
     "/v1/responses",
     "/v1/messages",
 )
+# Requests that write the shared models dir (and /api/blobs/<digest>): the writer's alone.
+WRITES = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 
 
@@ -101,6 +103,8 @@ class Haproxy:
             instances=spec.instances,
             listen=str(spec.listen),
             allow=spec.allow,
+            hosts=spec.hosts,
+            writes=WRITES,
             api_keys=spec.api_keys,
             **queue_context(spec.api_keys, spec.read_timeout),
             balance=spec.balance,
@@ -122,6 +126,7 @@ class Haproxy:
         prefix.mkdir(mode=0o755, parents=True, exist_ok=True)
 
     def redact(self, text: str) -> str:
+        text = re.sub(r'(var\(txn\.bearer\) -m str )"[^"]*"', rf'\1"{REDACTED}"', text)
         return re.sub(r'"Bearer [^"]*"', f'"Bearer {REDACTED}"', text)
 
     def check(self, content: str, *, standalone: bool = True, prefix: Path | None = None) -> None:

@@ -93,7 +93,12 @@ class Nginx:
     def redact(self, text: str) -> str:
         """The API keys in a config this engine rendered (old or new) shown as <redacted>."""
         # Both maps: the key check (`... 1;`) and the key's name (`... alice;`).
-        return re.sub(r'^(\s*"~\^(?:\[A-Z\]\+ )?Bearer ).*(\$" \S+;)$', rf"\g<1>{REDACTED}\g<2>", text, flags=re.M)
+        return re.sub(
+            r'^(\s*"~\^(?:\[A-Z\]\+ )?(?:Bearer |\(\?i:bearer\) \+)).*(\$" \S+;)$',
+            rf"\g<1>{REDACTED}\g<2>",
+            text,
+            flags=re.M,
+        )
 
     def check(self, content: str, *, standalone: bool, prefix: Path | None = None) -> None:
         """`nginx -t`: a standalone config where it will run (under `prefix`), a snippet
@@ -195,6 +200,7 @@ def _context(spec: GatewaySpec) -> dict:
         "instances": spec.instances,
         "listen": str(spec.listen),
         "allow": spec.allow,
+        "hosts": spec.hosts,
         "api_keys": spec.api_keys,
         "balance": spec.balance,
         "read_timeout": spec.read_timeout,

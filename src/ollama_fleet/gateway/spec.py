@@ -18,7 +18,7 @@ from ollama_fleet.errors import BadInput
 from ollama_fleet.keys import ApiKey, read_keys
 from ollama_fleet.names import spellings
 from ollama_fleet.plan import Plan
-from ollama_fleet.values import Listen
+from ollama_fleet.values import Listen, host_pattern
 
 if TYPE_CHECKING:
     from ollama_fleet.gateway.front import FrontSpec
@@ -53,6 +53,8 @@ class GatewaySpec(BaseModel):
     instances: tuple[Backend, ...]
     listen: Listen
     allow: tuple[str, ...]
+    # The Host values it serves (values.host_pattern): anything else is a DNS-rebinding page.
+    hosts: str = host_pattern(())
     api_keys: tuple[ApiKey, ...]
     balance: str
     read_timeout: int
@@ -124,6 +126,7 @@ def spec_from(config: FleetConfig, plan: Plan) -> GatewaySpec:
         models=routes,
         listen=config.listen,
         allow=tuple(str(net) for net in config.allow),
+        hosts=served_hosts(config),
         api_keys=read_keys(config.api_keys_file) if config.api_keys_file else (),
         balance=config.balance,
         read_timeout=config.read_timeout,
@@ -152,6 +155,14 @@ def fleet_info(name: str, instances: tuple[Backend, ...], models: tuple[ModelRou
     return json.dumps(info, separators=(",", ":"))
 
 
+def served_hosts(config: FleetConfig) -> str:
+    """The Host regex of a gateway or the front: Ollama's own rule, this machine's names
+    (as Ollama compares os.Hostname()), and the operator's --server-name."""
+    own = {socket.gethostname().lower(), socket.gethostname().lower().split(".")[0]}
+    names = [n for n in sorted(own) if re.fullmatch(r"[a-z0-9.-]+", n)]
+    return host_pattern((*names, *config.server_names))
+
+
 def host_name() -> str:
     """This machine's short host name, as a box name (anything a name may not hold dropped)."""
     short = re.sub(r"[^A-Za-z0-9._:-]", "", socket.gethostname().split(".")[0])[:63].lstrip("._:-")
@@ -167,14 +178,20 @@ def _slots(env: dict[str, str]) -> int:
     return int(value)
 
 
-def exposure_warning(spec: GatewaySpec | FrontSpec) -> str | None:
-    """Listening beyond loopback with neither keys nor a narrow allowlist deserves a word."""
+def exposure_warnings(spec: GatewaySpec | FrontSpec, config: FleetConfig) -> list[str]:
+    """What deserves a word before a gateway (or the front) serves: listening beyond loopback
+    with neither keys nor a narrow allowlist, and a file of keys that other users can read."""
+    found = [
+        f"{field}: {path} is readable by every user of this machine (chmod 600 {path}, or 640 for a group)"
+        for field, path in (("api_keys_file", config.api_keys_file), ("box_key_file", config.box_key_file))
+        if path is not None and path.exists() and path.stat().st_mode & 0o004
+    ]
     if ipaddress.ip_address(spec.listen.host).is_loopback or spec.api_keys:
-        return None
+        return found
     wide = [net for net in spec.allow if ipaddress.ip_network(net).num_addresses > 2**16]
-    if not wide:
-        return None
-    return (
-        f"the gateway listens on {spec.listen} and lets {', '.join(wide)} in without API keys; "
-        "anyone there can use (and pull models onto) the fleet. Add --api-keys-file or narrow --allow"
-    )
+    if wide:
+        found.append(
+            f"the gateway listens on {spec.listen} and lets {', '.join(wide)} in without API keys; "
+            "anyone there can use (and pull models onto) the fleet. Add --api-keys-file or narrow --allow"
+        )
+    return found
