@@ -5,6 +5,7 @@ golden files, idempotence, dry runs, the manifest, and the systemctl calls (a fa
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ollama_fleet import __version__
+from ollama_fleet.render import render
 from tests.helpers import FAKES, TESTS, require_root, require_tool, subprocess_env
 
 GOLDEN = TESTS / "golden" / "systemd"
@@ -82,6 +84,33 @@ def test_units_pass_systemd_analyze_verify_without_a_warning(tmp_path: Path, oll
     assert [line for line in target.splitlines() if line.startswith("Wants=ollama")] == [
         f"Wants=ollama-fleet@{n}.service" for n in names
     ]
+
+
+def exposure(analyze: str, units: Path, unit: str) -> float:
+    """`systemd-analyze security`'s overall exposure of a unit file (0 best, 10 worst)."""
+    result = subprocess.run(
+        [analyze, "security", "--offline=yes", "--no-pager", unit], cwd=units, capture_output=True, text=True
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout)
+    assert found, result.stdout + result.stderr
+    return float(found[1])
+
+
+def test_the_units_are_hardened(tmp_path: Path, ollama_bin: Path) -> None:
+    """Scored by systemd itself (#23 item 12): the instance unit <= 3.0, the HAProxy gateway
+    and front units <= 5.0 (they were 8.2 and 9.6); the boot test runs them under systemd."""
+    analyze = require_tool("systemd-analyze")
+    require_tool("haproxy")
+    root = tmp_path / "root"
+    staged(tmp_path, root, ollama_bin, "--engine", "haproxy", "--user", "daemon", gpus=1)
+    assert exposure(analyze, root / UNITS, "ollama-fleet@.service") <= 3.0
+    assert exposure(analyze, root / UNITS, "ollama-fleet-gateway.service") <= 5.0
+    unit = [line for line in (root / UNITS / "ollama-fleet@.service").read_text().splitlines() if "#" not in line]
+    for never in ("PrivateDevices=", "ProtectClock=", "MemoryDenyWriteExecute=", "ProcSubset="):
+        assert not any(line.startswith(never) for line in unit), f"{never} would keep CUDA or NVML from the GPUs"
+    front = render("front/ollama-fleet-front.service.j2", haproxy="/usr/sbin/haproxy", config="/etc/x.cfg")
+    (root / UNITS / "ollama-fleet-front.service").write_text(front)
+    assert exposure(analyze, root / UNITS, "ollama-fleet-front.service") <= 5.0
 
 
 def test_verify_is_a_real_judge(tmp_path: Path, ollama_bin: Path) -> None:
