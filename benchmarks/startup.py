@@ -12,7 +12,6 @@ PYTHONDONTWRITEBYTECODE=1 would otherwise compile every module of the CLI on eac
 from __future__ import annotations
 
 import compileall
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ COUNT = 8
 def main() -> int:
     sys.path.insert(0, str(ROOT))
     import ollama_fleet
-    from tests.helpers import FAKE_OLLAMA, FAKES, free_port_range
+    from tests.helpers import FAKE_OLLAMA, as_root_on_purpose, free_port_range, subprocess_env
 
     compileall.compile_dir(Path(ollama_fleet.__file__).parent, quiet=1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -38,8 +37,7 @@ def main() -> int:
         ollama.write_text(f"#!{sys.executable}\n" + FAKE_OLLAMA.read_text())
         ollama.chmod(0o755)
         env = {
-            **os.environ,
-            "PYTHONPATH": str(FAKES),
+            **subprocess_env(**as_root_on_purpose()),  # the fake pynvml; as root, root instances on purpose
             "HOME": tmp,  # instances write ~/.ollama/id_ed25519, as Ollama does
             "FAKE_NVML_GPUS": str(COUNT),
             "OLLAMA_FLEET_ENV": f"FAKE_OLLAMA_STARTUP_S={DELAY}",  # instances inherit only what [env] names

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FAKE_OLLAMA, fake_knobs_as_fleet_env, fake_pynvml, free_port_range, subprocess_env
+from tests.helpers import (
+    FAKE_OLLAMA,
+    as_root_on_purpose,
+    fake_knobs_as_fleet_env,
+    fake_pynvml,
+    free_port_range,
+    subprocess_env,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -65,6 +72,7 @@ def fleet(tmp_path: Path):
                 OLLAMA_FLEET_BASE_PORT=str(self.base_port),
                 OLLAMA_FLEET_WAIT_TIMEOUT="20",
                 OLLAMA_FLEET_GATEWAY="false",  # gateway tests turn it on, on a port of their own
+                **as_root_on_purpose(),
             )
 
         def argv(self, *args: str) -> list[str]:

@@ -46,6 +46,12 @@ def _missing(what: str) -> None:
     pytest.skip(what)  # only outside CI: under CI=true it failed above
 
 
+def as_root_on_purpose() -> dict[str, str]:
+    """For `up` run by root over a models dir of root's, as tests and benchmarks do: root
+    instances run only when asked for (OLLAMA_FLEET_USER is the caller's own word, as --user)."""
+    return {"OLLAMA_FLEET_USER": "root"} if os.geteuid() == 0 else {}
+
+
 def require_tool(name: str) -> str:
     """The path of a real tool; under CI=true its absence fails the test instead of skipping it."""
     path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")

@@ -23,7 +23,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.helpers import CONSOLE_SCRIPT, FAKE_OLLAMA, fake_home, require_root, require_tool, subprocess_env
+from tests.helpers import (
+    CONSOLE_SCRIPT,
+    FAKE_OLLAMA,
+    as_root_on_purpose,
+    fake_home,
+    require_root,
+    require_tool,
+    subprocess_env,
+)
 
 NET = "198.18.0"
 CLONE_NEWNET = 0x40000000
@@ -128,6 +136,7 @@ class Lab:
             HOME=fake_home(),
             FAKE_NVML_GPUS=str(instances),
             OLLAMA_FLEET_ENV=",".join(f"{k}={v}" for k, v in knobs.items()),
+            **as_root_on_purpose(),
         )
         result = self.run(
             name,

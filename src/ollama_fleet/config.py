@@ -20,6 +20,7 @@ from pydantic import (
     field_validator,
 )
 
+from ollama_fleet.accounts import check_trusted
 from ollama_fleet.errors import BadInput
 from ollama_fleet.names import canonical
 from ollama_fleet.values import (
@@ -96,6 +97,11 @@ class FleetConfig(BaseModel):
     wait_timeout: float = Field(60, gt=0, le=3600, description="seconds `up` waits for each instance to answer")
     preload: tuple[Model, ...] = Field((), description="models to load on every instance after start (repeatable)")
     env: dict[str, str] = Field({}, description="extra environment for every instance, `KEY=VALUE` (repeatable)")
+    env_file: SafePath | None = Field(
+        None,
+        description="file of `KEY=VALUE` lines for every instance (`#` comments; --env wins): "
+        "secrets such as a proxy's password stay off the command line, which `ps` shows to every user",
+    )
     gateway: bool = Field(
         True, description="start the gateway with `up`, install it with `install-systemd` (`--no-gateway` skips it)"
     )
@@ -305,6 +311,7 @@ def load_config(
 
     path = config_file(config_path, environ, cwd or Path.cwd())
     if path is not None:
+        check_trusted(path, "config")
         layer(_read_toml(path), str(path))
     layer(
         {
@@ -321,9 +328,41 @@ def load_config(
     except ValidationError as exc:
         raise BadInput([_error_line(error, origin) for error in exc.errors()]) from None
     _check_loads_stay(config, origin)
-    if config.state_dir is None:
-        config = config.model_copy(update={"state_dir": default_state_dir(environ)})
-    return config
+    if config.user == "root" and origin.get("user") not in ("--user", ENV_PREFIX + "USER"):
+        # A config file is the one layer someone else may have written (a planted
+        # ./ollama-fleet.toml): running Ollama as root is said where the caller types it.
+        raise BadInput(f"user: root only as --user root, never from a file [from {origin.get('user')}]")
+    if config.env_file is not None:
+        config = config.model_copy(update={"env": {**read_env_file(config.env_file), **config.env}})
+    # Absolute: a relative state dir would move with the working directory (the detached
+    # supervisor runs in /), and a relative socket path can name an abstract socket.
+    state_dir = (config.state_dir or default_state_dir(environ)).absolute()
+    check_trusted(state_dir, "state_dir")
+    return config.model_copy(update={"state_dir": state_dir})
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`KEY=VALUE` lines, `#` comments, values taken as written (as `docker --env-file` reads
+    them: no quotes, no expansion), each checked as an --env is."""
+    check_trusted(path, "env_file")
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise BadInput(f"env_file: cannot read {path} ({exc.strerror})") from None
+    pairs = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:  # the line is never echoed: it may hold a secret
+            raise BadInput(f"env_file: line {number} of {path} is not KEY=VALUE")
+        pairs[key.strip()] = value
+    try:
+        FleetConfig.model_validate({"env": pairs})
+    except ValidationError as exc:
+        message = re.sub(r"^Value error, ", "", exc.errors()[0]["msg"])
+        raise BadInput(f"env_file: {path}: {message}") from None
+    return pairs
 
 
 def _check_loads_stay(config: FleetConfig, origin: Mapping[str, str]) -> None:

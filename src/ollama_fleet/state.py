@@ -5,6 +5,7 @@ Each file has one writer and is replaced atomically, so a reader never sees half
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -23,6 +24,9 @@ from ollama_fleet.values import Placement
 DESIRED = "fleet.json"  # written by `up`
 ACTUAL = "supervisor.json"  # written by the supervisor
 SUPERVISOR_LOG = "supervisor.log"
+# The files of the state dir: what they say (a fleet's --env values, API keys, request
+# paths in logs) is its owner's alone.
+PRIVATE = 0o600
 
 
 def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
@@ -38,6 +42,23 @@ def write_atomic(path: Path, content: str | bytes, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def open_log(path: Path) -> int:
+    """A log of the state dir opened for appending, as a file descriptor: never through a
+    link (someone who could plant one would have root append to a file of their choice),
+    and private (0600, also when an older version left it 0644)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, PRIVATE)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        path.unlink()  # a link where a log belongs is not ours: the log takes its place
+        fd = os.open(path, flags | os.O_EXCL, PRIVATE)
+    os.fchmod(fd, PRIVATE)
+    return fd
 
 
 def write_changed(path: Path, content: str, mode: int = 0o644) -> bool:
@@ -154,7 +175,7 @@ def read_actual(state_dir: Path) -> Actual | None:
     return _read(state_dir / ACTUAL, Actual)
 
 
-def write_model(path: Path, value: BaseModel, mode: int = 0o644) -> None:
+def write_model(path: Path, value: BaseModel, mode: int = PRIVATE) -> None:
     write_atomic(path, value.model_dump_json(indent=2), mode)
 
 

@@ -7,6 +7,7 @@ supervisor.json and the parent of every instance, so it can reap and restart the
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.handlers
 import os
@@ -34,6 +35,7 @@ from ollama_fleet.state import (
     Desired,
     InstanceState,
     ProcessRecord,
+    open_log,
     read_actual,
     read_desired,
     write_model,
@@ -118,6 +120,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Loop until SIGTERM/SIGINT; stop everything; return 143 or 130."""
+        hide_command_line(self.state_dir)
         while self.stop_signal is None:
             self.step()
             # Woken early by an instance's device lines: `up` waits for them in
@@ -187,7 +190,7 @@ class Supervisor:
         if account is not None:  # root drops to the models dir's owner (or --user)
             kwargs.update(user=account.pw_uid, group=account.pw_gid, extra_groups=groups_of(account))
             env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
-        inst.log.parent.mkdir(parents=True, exist_ok=True)
+        inst.log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             child.popen = subprocess.Popen(
                 [self.desired.ollama_bin, "serve"],
@@ -261,12 +264,19 @@ class Supervisor:
 _loggers: dict[str, logging.Logger] = {}
 
 
+class _PrivateLog(logging.handlers.RotatingFileHandler):
+    """An instance's log: opened by state.open_log (0600, never through a link), since it
+    holds Ollama's start-up lines (its proxy variables) and the request paths clients sent."""
+
+    def _open(self) -> io.TextIOWrapper:
+        return open(open_log(Path(self.baseFilename)), "a", encoding=self.encoding, errors=self.errors)
+
+
 def _logger(inst: Instance) -> logging.Logger:
     """A logger writing bare lines to the instance's log, rotated at 50 MB, 3 kept."""
     key = str(inst.log)
     if key not in _loggers:
-        inst.log.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(inst.log, maxBytes=LOG_BYTES, backupCount=LOG_KEEP)
+        handler = _PrivateLog(inst.log, maxBytes=LOG_BYTES, backupCount=LOG_KEEP)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger = logging.getLogger(f"ollama_fleet.instance.{key}")
         logger.propagate = False
@@ -277,6 +287,15 @@ def _logger(inst: Instance) -> logging.Logger:
 
 
 # ------------------------------------------------------------------ what `up` and `down` do
+
+
+def hide_command_line(state_dir: Path) -> None:
+    """The supervisor is `up` itself (forked, or attached with --foreground): its command
+    line, `--env HTTPS_PROXY=http://user:pass@...` included, would stay in `ps` (which
+    every user may run) for the fleet's whole life. It shows its own, which says nothing secret."""
+    from setproctitle import setproctitle
+
+    setproctitle(f"ollama-fleet supervisor --state-dir {state_dir}")
 
 
 def live_supervisor(state_dir: Path) -> ProcessRecord | None:
@@ -292,8 +311,7 @@ def launch_background(state_dir: Path) -> int:
     A fork, not a fresh interpreter: the child already has everything imported, so the
     instances start ~0.3 s sooner, which is most of `up`'s own overhead.
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
-    log = os.open(state_dir / SUPERVISOR_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log = open_log(state_dir / SUPERVISOR_LOG)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()

@@ -448,11 +448,11 @@ def test_standalone_names_its_worker_user_only_when_root(monkeypatch, tmp_path: 
     from ollama_fleet.accounts import worker_user
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    assert worker_user("ollama") is None
+    assert worker_user() is None
     assert "\nuser " not in Nginx().render(spec, standalone=True, prefix=tmp_path, user=None)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    assert worker_user("root") == ("nobody", "nogroup")  # never root by accident
-    assert "\nuser nobody nogroup;\n" in Nginx().render(spec, standalone=True, prefix=tmp_path, user=worker_user(None))
+    assert worker_user() == ("nobody", "nogroup")  # never root, nor the instances' user
+    assert "\nuser nobody nogroup;\n" in Nginx().render(spec, standalone=True, prefix=tmp_path, user=worker_user())
 
 
 def test_tls_gateway_serves_https(tmp_path: Path, engine: str) -> None:

@@ -23,6 +23,7 @@ from ollama_fleet.state import read_gateway
 from tests.helpers import (
     FAKE_OLLAMA,
     Gateway,
+    as_root_on_purpose,
     fake_home,
     free_port_range,
     gateway_flags,
@@ -176,6 +177,8 @@ def test_engine_asked_for_but_missing_is_exit_3(tmp_path: Path, nvml, models_dir
     nvml(2)
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr("ollama_fleet.processes.TOOL_DIRS", str(tmp_path))
+    for key, value in as_root_on_purpose().items():  # the models dir is root's when tests run as root
+        monkeypatch.setenv(key, value)
     result = CliRunner().invoke(app, ["up", "--engine", "haproxy", "--ollama-bin", sys.executable])
     assert result.exit_code == 3
     assert "engine: haproxy is not installed" in result.stderr

@@ -4,6 +4,7 @@ docs/security.md says what each test stands for."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import subprocess
@@ -244,3 +245,99 @@ def test_front_render_to_stdout_redacts_every_key(front) -> None:
     shown = fleet("front", "render", *flags[:-2])  # without its --state-dir
     assert shown.returncode == 0, shown.stderr
     assert "sk-" not in shown.stdout and "<redacted>" in shown.stdout
+
+
+# ------------------------------------------------------------------ files root opens
+
+
+SWAPPER = """
+import os, sys, time
+home, target = sys.argv[1], sys.argv[2]
+end = time.monotonic() + 30
+n = 0
+while time.monotonic() < end:  # the attacker: replace a fresh ~/.ollama by a link, at once
+    try:
+        os.rename(os.path.join(home, ".ollama"), os.path.join(home, f"moved{n}"))
+        os.symlink(target, os.path.join(home, ".ollama"))
+        n += 1
+    except OSError:
+        pass
+"""
+
+
+def test_making_the_service_users_home_never_chowns_through_a_swapped_link(tmp_path: Path) -> None:
+    """install-systemd makes ~user/.ollama as root in a dir that user owns: a link swapped in
+    after the mkdir must never make root chown what it points to (#23 item 4)."""
+    import os
+    import pwd
+    import shutil
+
+    from ollama_fleet.accounts import prepare_home
+    from ollama_fleet.errors import UserError
+    from tests.helpers import require_root
+
+    require_root()
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    target = tmp_path / "root-only"
+    target.write_text("secret\n")
+    target.chmod(0o600)
+    account = pwd.struct_passwd(("svc", "x", 65534, 65534, "", str(home), "/bin/sh"))
+    swapper = subprocess.Popen([sys.executable, "-c", SWAPPER, str(home), str(target)])
+    try:
+        for _ in range(400):
+            with contextlib.suppress(UserError):  # it saw the swap and said so
+                prepare_home(account)
+            assert target.stat().st_uid == 0, "root chowned the link's target"
+            for entry in home.iterdir():
+                with contextlib.suppress(OSError):  # the swapper moves things meanwhile
+                    if entry.is_symlink() or entry.is_file():
+                        entry.unlink()
+                    else:
+                        shutil.rmtree(entry)
+    finally:
+        swapper.kill()
+        swapper.wait()
+
+
+def test_a_planted_log_link_is_never_written_through(fleet, tmp_path: Path) -> None:
+    """A state dir's logs/gpu0.log linked to a root-only file: the supervisor never opens a
+    log through a link (O_NOFOLLOW); the log takes the link's place (#23 item 5)."""
+    target = tmp_path / "root-only"
+    target.write_text("secret\n")
+    (fleet.state / "logs").mkdir(parents=True)
+    (fleet.state / "logs" / "gpu0.log").symlink_to(target)
+    assert fleet.run("up", "--gpus", "0").returncode == 0
+    assert target.read_text() == "secret\n"
+    log = fleet.state / "logs" / "gpu0.log"
+    assert not log.is_symlink() and "inference compute" in log.read_text()
+
+
+def test_the_state_dir_and_its_files_are_private(fleet) -> None:
+    assert fleet.run("up", "--gpus", "0", "--env", "HTTPS_PROXY=http://user:hunter2@proxy:3128").returncode == 0
+    assert fleet.state.stat().st_mode & 0o077 in (0, 0o011), oct(fleet.state.stat().st_mode)  # 0711 as root
+    for path in fleet.state.rglob("*"):
+        if path.is_file():
+            assert path.stat().st_mode & 0o077 == 0, path
+    # The supervisor shows a command line of its own: not `up`'s, with the proxy's password.
+    import psutil
+
+    supervisor = json.loads((fleet.state / "supervisor.json").read_text())["supervisor"]["pid"]
+    shown = " ".join(psutil.Process(supervisor).cmdline())
+    assert "hunter2" not in shown and shown.startswith("ollama-fleet supervisor --state-dir "), shown
+
+
+def test_a_root_owned_models_dir_runs_no_root_instance_unless_asked(fleet) -> None:
+    """As root, instances run as the models dir's owner: root only when --user root says so
+    (#23 item 11); and the gateway's workers are never the instances' user."""
+    from tests.helpers import require_root
+
+    require_root()
+    env = {k: v for k, v in fleet.env.items() if k != "OLLAMA_FLEET_USER"}
+    refused = subprocess.run(fleet.argv("up", "--gpus", "0"), env=env, capture_output=True, text=True)
+    assert refused.returncode == 2, refused.stderr
+    assert "user: the models dir" in refused.stderr and "--user root" in refused.stderr
+    assert not (fleet.state / "fleet.json").exists()
+    asked = subprocess.run(fleet.argv("up", "--gpus", "0", "--user", "root"), env=env, capture_output=True, text=True)
+    assert asked.returncode == 0 and "instances run as root" in asked.stderr, asked.stderr

@@ -66,7 +66,7 @@ def test_each_instance_sees_its_pinned_environment(fleet) -> None:
     )
     assert result.returncode == 0, result.stderr
     warning = next(line for line in result.stderr.splitlines() if "do not inherit" in line)
-    for name in ("HIP_VISIBLE_DEVICES", "OLLAMA_ORIGINS", "--env OLLAMA_ORIGINS=$OLLAMA_ORIGINS", "--gpus"):
+    for name in ("HIP_VISIBLE_DEVICES", "OLLAMA_ORIGINS", "a line OLLAMA_ORIGINS=... in an --env-file", "--gpus"):
         assert name in warning, warning
     assert "OLLAMA_NUM_PARALLEL" not in warning  # passed with --env on purpose
     assert "s3cret" not in result.stderr + result.stdout and "evil" not in result.stderr

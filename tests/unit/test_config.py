@@ -133,3 +133,83 @@ def test_a_zero_keep_alive_with_a_preload_is_bad_input(flags: dict, field: str, 
     toml = tmp_path / "placed.toml"
     toml.write_text('keep_alive = "0"\n[models]\nqwen3 = { instances = ["gpu0"], keep_alive = "-1" }\n')
     assert load_config({}, config_path=toml, environ={}, cwd=tmp_path).keep_alive == "0"  # its own keep-alive
+
+
+# ------------------------------------------------------------------ what may be trusted
+
+
+def _owned_by_someone_else(path: Path, monkeypatch) -> None:
+    """Make `path` belong to another user: chown it as root, else pretend to be another uid."""
+    import os
+
+    if os.geteuid() == 0:
+        os.chown(path, 65534, 65534)
+    else:
+        monkeypatch.setattr(os, "geteuid", lambda: 4242)
+
+
+@pytest.mark.parametrize("where", ["cwd", "flag", "env"])
+def test_a_config_file_someone_else_owns_is_refused(tmp_path: Path, monkeypatch, where: str) -> None:
+    """As root in /tmp or a shared checkout: a planted ollama-fleet.toml must not choose
+    the ollama binary, the user or the state dir."""
+    planted = tmp_path / "ollama-fleet.toml"
+    planted.write_text('ollama_bin = "/tmp/evil"\n')
+    _owned_by_someone_else(planted, monkeypatch)
+    flag = planted if where == "flag" else None
+    environ = {"OLLAMA_FLEET_CONFIG": str(planted)} if where == "env" else {}
+    with pytest.raises(BadInput, match=r"^config: .*ollama-fleet.toml belongs to .*refused"):
+        load_config({}, config_path=flag, environ=environ, cwd=tmp_path if where == "cwd" else tmp_path / "x")
+
+
+def test_a_config_file_others_may_write_is_refused(tmp_path: Path) -> None:
+    planted = tmp_path / "ollama-fleet.toml"
+    planted.write_text("base_port = 12000\n")
+    planted.chmod(0o666)
+    with pytest.raises(BadInput, match=r"writable by every user \(mode 0666\): refused; chmod go-w"):
+        load_config({}, environ={}, cwd=tmp_path)
+    planted.chmod(0o664)
+    with pytest.raises(BadInput, match="writable by its group"):
+        load_config({}, environ={}, cwd=tmp_path)
+    planted.chmod(0o644)
+    assert load_config({}, environ={}, cwd=tmp_path).base_port == 12000
+
+
+def test_a_state_dir_someone_else_owns_or_may_write_is_refused(tmp_path: Path, monkeypatch) -> None:
+    shared = tmp_path / "state"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(BadInput, match=r"^state_dir: .* is writable by every user"):
+        load_config({"state_dir": str(shared)}, environ={}, cwd=tmp_path)
+    shared.chmod(0o755)
+    _owned_by_someone_else(shared, monkeypatch)
+    with pytest.raises(BadInput, match=r"^state_dir: .* belongs to"):
+        load_config({"state_dir": str(shared)}, environ={}, cwd=tmp_path)
+
+
+def test_the_state_dir_is_absolute(tmp_path: Path, monkeypatch) -> None:
+    """A relative one would move with the working directory, and `abns@x/admin.sock` was
+    an abstract socket."""
+    monkeypatch.chdir(tmp_path)
+    config = load_config({"state_dir": "abns@x"}, environ={}, cwd=tmp_path)
+    assert config.state_path == tmp_path / "abns@x"
+
+
+def test_root_instances_only_when_asked_on_the_command_line(tmp_path: Path) -> None:
+    (tmp_path / "ollama-fleet.toml").write_text('user = "root"\n')
+    with pytest.raises(BadInput, match=r"^user: root only as --user root, never from a file"):
+        load_config({}, environ={}, cwd=tmp_path)
+    assert load_config({"user": "root"}, environ={}, cwd=tmp_path).user == "root"
+
+
+def test_an_env_file_keeps_secrets_off_the_command_line(tmp_path: Path) -> None:
+    env_file = tmp_path / "fleet.env"
+    env_file.write_text("# the proxy\nHTTPS_PROXY=http://user:p#ss=word@proxy:3128\n\nOLLAMA_NUM_PARALLEL=2\n")
+    env_file.chmod(0o600)
+    config = load_config({"env_file": str(env_file), "env": ["OLLAMA_NUM_PARALLEL=4"]}, environ={}, cwd=tmp_path)
+    assert config.env == {"HTTPS_PROXY": "http://user:p#ss=word@proxy:3128", "OLLAMA_NUM_PARALLEL": "4"}
+    env_file.write_text("HTTPS_PROXY\n")
+    with pytest.raises(BadInput, match=r"^env_file: line 1 of .* is not KEY=VALUE$"):
+        load_config({"env_file": str(env_file)}, environ={}, cwd=tmp_path)
+    env_file.write_text("CUDA_VISIBLE_DEVICES=1\n")
+    with pytest.raises(BadInput, match=r"^env_file: .*CUDA_VISIBLE_DEVICES is set by the fleet"):
+        load_config({"env_file": str(env_file)}, environ={}, cwd=tmp_path)

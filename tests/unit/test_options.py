@@ -28,7 +28,9 @@ def test_every_setting_has_a_flag_with_its_description() -> None:
 
 def test_a_command_takes_only_the_settings_it_names() -> None:
     down = _options("down")
-    assert "--state-dir" in down and "--gpus" not in down and "--config" not in down
+    assert "--state-dir" in down and "--gpus" not in down
+    # Every command reads a config (./ollama-fleet.toml too), so every one takes --config.
+    assert all("--config" in _options(name) for name in ("down", "status", "restart", "logs", "usage", "up"))
     assert "--no-gateway" in _options("install-systemd") and "--metrics-port" not in _options("render-nginx")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_fleet import probe
+from ollama_fleet.accounts import make_state_dir
 from ollama_fleet.actions import Progress
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
@@ -25,6 +26,7 @@ from ollama_fleet.gateway.spec import GatewaySpec, exposure_warnings
 from ollama_fleet.processes import port_holder, stop_processes
 from ollama_fleet.state import (
     FRONT,
+    PRIVATE,
     FrontState,
     ProcessRecord,
     read_front,
@@ -89,12 +91,12 @@ def _write_config(spec: FrontSpec, prefix: Path, config: Path, user: tuple[str, 
     """Render, check with `haproxy -c`, write atomically; True when it changed."""
     content = front.render(spec, prefix=prefix, config=config, user=user)
     Haproxy().check(content)
-    return write_changed(config, content, spec.file_mode)
+    return write_changed(config, content, PRIVATE)
 
 
 def _record(home: Path, state: FrontState, spec: FrontSpec) -> None:
     state = state.model_copy(update={"spec": spec.model_dump(mode="json")})
-    write_model(home / FRONT, state, spec.file_mode)
+    write_model(home / FRONT, state)
 
 
 def front_up(cfg: FleetConfig, progress: Progress) -> FrontReport:
@@ -111,7 +113,8 @@ def front_up(cfg: FleetConfig, progress: Progress) -> FrontReport:
             raise UserError(
                 f"listen: port {spec.listen.port} for the front is taken by {holder}; pass another --listen"
             )
-    home.mkdir(mode=0o755, parents=True, exist_ok=True)
+    make_state_dir(cfg.state_path)
+    home.mkdir(mode=0o755, exist_ok=True)  # the workers pass through it: its files are 0600
     config = home / "haproxy.cfg"
     changed = _write_config(spec, home, config, _worker())
     engine = Haproxy()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ollama_fleet.accounts import run_as, worker_user
+from ollama_fleet.accounts import worker_user
 from ollama_fleet.actions import Progress
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.gateway import engine_named
@@ -42,7 +42,7 @@ def render_gateway(
         progress.warn(message)
     engine = engine_named(engine_name)
     standalone = standalone or engine.always_complete
-    user = worker_user(run_as(cfg.user, result.models_dir.owner)) if standalone else None
+    user = worker_user() if standalone else None
     target = output.absolute() if output is not None else None
     content = engine.render(spec, standalone=standalone, prefix=root, user=user, config=target)
     if check:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ollama_fleet import pinning
-from ollama_fleet.accounts import run_as, worker_user
+from ollama_fleet.accounts import make_state_dir, run_as, worker_user
 from ollama_fleet.actions import Progress
 from ollama_fleet.changes import Change, changes
 from ollama_fleet.config import RESERVED_ENV, FleetConfig
@@ -108,7 +108,7 @@ def _warn_ignored_env(cfg: FleetConfig, progress: Progress) -> None:
         if k in RESERVED_ENV and " " not in RESERVED_ENV[k]
         else f"{k} (the fleet sets it)"
         if k in RESERVED_ENV
-        else f"--env {k}=${k}"
+        else f"a line {k}=... in an --env-file"
         for k in ignored
     ]
     progress.warn(
@@ -116,6 +116,7 @@ def _warn_ignored_env(cfg: FleetConfig, progress: Progress) -> None:
         + ", ".join(ignored)
         + "; to pass one on purpose: "
         + ", ".join(how)
+        + " (a file keeps the value off the command line, which every user sees in ps)"
     )
 
 
@@ -167,6 +168,11 @@ def up(
             "up --rolling drains each changed instance through the gateway: it needs the gateway and a detached fleet"
         )
     _say_changes(todo, held, progress)
+    if new.user == "root":  # said once every check passed, as up is about to start them
+        progress.warn(
+            "instances run as root (--user root): Ollama, and every model file it writes, with all of root's rights"
+        )
+    make_state_dir(state_dir)
     write_model(state_dir / DESIRED, new.holding(held))
 
     supervisor, tick = _supervise(state_dir, running, foreground, echo)
@@ -229,7 +235,7 @@ def _desired(cfg: FleetConfig, result: Plan, previous: Desired | None) -> Desire
     return Desired(
         instances=result.instances,
         ollama_bin=resolve_binary(cfg.ollama_bin),
-        user=run_as(cfg.user, result.models_dir.owner),
+        user=run_as(cfg.user, result.models_dir.owner, result.models_dir.path),
         loads=tuple(loads(result, cfg.preload, cfg.keep_alive)),
         models=result.models,
         # Restarts asked for earlier are part of each instance's fingerprint: keep them.
@@ -293,7 +299,7 @@ def _converge_gateway(
         write_model(state_dir / GATEWAY, GatewayState(engine=None, reason=reason))
         return []
     try:
-        action, gw = converge(engine, spec, state_dir, worker_user(new.user))
+        action, gw = converge(engine, spec, state_dir, worker_user())
     except FleetError as exc:
         return [str(exc)]
     from ollama_fleet import probe

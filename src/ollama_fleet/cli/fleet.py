@@ -64,7 +64,7 @@ def up_command(
 
 
 @command("down")
-@with_settings("state_dir", config_file=False)
+@with_settings("state_dir")
 def down_command(
     cfg: FleetConfig,
     *,
@@ -85,7 +85,7 @@ def down_command(
 
 
 @command("restart")
-@with_settings("state_dir", config_file=False)
+@with_settings("state_dir")
 def restart_command(
     cfg: FleetConfig,
     instances: InstancesArg = None,
@@ -124,7 +124,7 @@ class Format(str, Enum):
 
 
 @command("status")
-@with_settings("state_dir", config_file=False)
+@with_settings("state_dir")
 def status_command(
     cfg: FleetConfig,
     *,
@@ -192,7 +192,7 @@ def watch_view(view: Callable[[], Any], interval: float) -> None:
 
 
 @command("logs")
-@with_settings("state_dir", config_file=False)
+@with_settings("state_dir")
 def logs_command(
     cfg: FleetConfig,
     instances: InstancesArg = None,
@@ -232,7 +232,7 @@ def register_usage(group: typer.Typer | None, of: str) -> None:
     usage_command.__doc__ = (
         f"Per key name, from the {of}'s log: requests, errors, 429s, bytes, time in queue, time to first byte."
     )
-    command("usage", group=group)(with_settings("state_dir", config_file=False)(usage_command))
+    command("usage", group=group)(with_settings("state_dir")(usage_command))
 
 
 register_usage(None, "gateway")

@@ -50,7 +50,7 @@ def front_up_command(cfg: FleetConfig) -> None:
 
 
 @command("down", group=front_app)
-@with_settings("state_dir", config_file=False)
+@with_settings("state_dir")
 def front_down_command(
     cfg: FleetConfig,
     *,
@@ -66,7 +66,7 @@ def front_down_command(
 
 
 @command("status", group=front_app)
-@with_settings("state_dir", config_file=False)
+@with_settings("state_dir")
 def front_status_command(
     cfg: FleetConfig,
     *,
@@ -126,7 +126,7 @@ def front_render_command(
 
 
 @command("drain", group=front_app)
-@with_settings("state_dir", config_file=False)
+@with_settings("state_dir")
 def front_drain_command(
     cfg: FleetConfig,
     box: BoxArg,
@@ -143,7 +143,7 @@ def front_drain_command(
 
 
 @command("undrain", group=front_app)
-@with_settings("state_dir", config_file=False)
+@with_settings("state_dir")
 def front_undrain_command(
     cfg: FleetConfig,
     box: BoxArg,

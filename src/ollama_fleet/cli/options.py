@@ -26,6 +26,7 @@ METAVARS = {
     "wait_timeout": "S",
     "preload": "MODEL",
     "env": "KEY=VALUE",
+    "env_file": "PATH",
     "gateway": "",
     "engine": "ENGINE",
     "listen": "ADDR",
@@ -55,6 +56,7 @@ INSTANCE_SETTINGS = (
     "keep_alive",
     "ollama_bin",
     "env",
+    "env_file",
     "models",
 )
 GATEWAY_SETTINGS = (
@@ -106,10 +108,11 @@ def _default_text(value: Any) -> str:
 
 
 def with_settings(
-    *settings: str, help_overrides: dict[str, str] | None = None, config_file: bool = True
+    *settings: str, help_overrides: dict[str, str] | None = None
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command these settings as options (and --config, --verbose). The command's
-    first parameter receives the loaded FleetConfig; its own options follow it."""
+    first parameter receives the loaded FleetConfig; its own options follow it. Every
+    command takes --config, since every one reads a config (./ollama-fleet.toml included)."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         own = list(inspect.signature(func, eval_str=True).parameters.values())[1:]
@@ -122,10 +125,7 @@ def with_settings(
             )
             for name in settings
         ]
-        if config_file:
-            params.append(
-                inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigOpt)
-            )
+        params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigOpt))
         params.append(
             inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=VerboseOpt)
         )

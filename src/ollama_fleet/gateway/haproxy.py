@@ -20,7 +20,7 @@ from ollama_fleet.gateway.spec import REDACTED, GatewaySpec, Tls
 from ollama_fleet.keys import queue_context
 from ollama_fleet.processes import require_tool, run_tool, with_log_tail
 from ollama_fleet.render import RenderedFile, render
-from ollama_fleet.state import read_gateway
+from ollama_fleet.state import open_log, read_gateway
 from ollama_fleet.waiting import wait_until
 
 PID_FILE = "haproxy.pid"
@@ -145,7 +145,7 @@ class Haproxy:
         log = prefix / ACCESS_LOG
         # -W: master-worker, so a reload (SIGUSR2 to the master) keeps the master's pid and
         # old workers finish their streams. The config's pidfile holds the master.
-        with log.open("ab") as out:
+        with os.fdopen(open_log(log), "ab") as out:
             proc = subprocess.Popen(
                 [require_tool("haproxy"), "-W", "-f", str(config)],
                 stdin=subprocess.DEVNULL,

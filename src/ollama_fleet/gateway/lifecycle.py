@@ -9,7 +9,7 @@ from ollama_fleet.errors import UserError
 from ollama_fleet.gateway import Engine
 from ollama_fleet.gateway.spec import GatewaySpec
 from ollama_fleet.processes import port_holder, stop_processes
-from ollama_fleet.state import GATEWAY, GatewayState, ProcessRecord, read_gateway, write_changed, write_model
+from ollama_fleet.state import GATEWAY, PRIVATE, GatewayState, ProcessRecord, read_gateway, write_changed, write_model
 
 
 def preflight(spec: GatewaySpec, state_dir: Path, engine: Engine) -> None:
@@ -33,13 +33,13 @@ def _write_config(engine: Engine, spec: GatewaySpec, prefix: Path, config: Path,
     """Render and check the standalone config, write it atomically; True when it changed."""
     content = engine.render(spec, standalone=True, prefix=prefix, user=user, config=config)
     engine.check(content, standalone=True, prefix=prefix)
-    return write_changed(config, content, spec.file_mode)
+    return write_changed(config, content, PRIVATE)
 
 
 def _record(state_dir: Path, state: GatewayState, spec: GatewaySpec) -> GatewayState:
-    """gateway.json, with the spec it was rendered from (API keys included: 0640 then)."""
+    """gateway.json, with the spec it was rendered from (API keys included)."""
     state = state.model_copy(update={"spec": spec.model_dump(mode="json")})
-    write_model(state_dir / GATEWAY, state, spec.file_mode)
+    write_model(state_dir / GATEWAY, state)
     return state
 
 
