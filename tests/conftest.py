@@ -8,14 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (
-    FAKE_OLLAMA,
-    as_root_on_purpose,
-    fake_knobs_as_fleet_env,
-    fake_pynvml,
-    free_port_range,
-    subprocess_env,
-)
+from tests.helpers import CliFleet, fake_pynvml
 
 
 @pytest.fixture(autouse=True)
@@ -54,42 +47,6 @@ def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def fleet(tmp_path: Path):
     """Run the real CLI in subprocesses against fake Ollama instances; `down` at teardown."""
-    import subprocess
-
-    class Fleet:
-        def __init__(self) -> None:
-            self.state = tmp_path / "fleet-state"
-            self.models = tmp_path / "fleet-models"
-            self.models.mkdir()
-            self.base_port = free_port_range(8)
-            (tmp_path / "home").mkdir()
-            self.env = subprocess_env(
-                HOME=str(tmp_path / "home"),  # instances write ~/.ollama/id_ed25519 there
-                FAKE_NVML_GPUS="2",
-                OLLAMA_FLEET_STATE_DIR=str(self.state),
-                OLLAMA_FLEET_MODELS_DIR=str(self.models),
-                OLLAMA_FLEET_OLLAMA_BIN=str(FAKE_OLLAMA),
-                OLLAMA_FLEET_BASE_PORT=str(self.base_port),
-                OLLAMA_FLEET_WAIT_TIMEOUT="20",
-                OLLAMA_FLEET_GATEWAY="false",  # gateway tests turn it on, on a port of their own
-                **as_root_on_purpose(),
-            )
-
-        def argv(self, *args: str) -> list[str]:
-            return [sys.executable, "-m", "ollama_fleet", *args]
-
-        def run(self, *args: str, **env: str) -> subprocess.CompletedProcess:
-            return subprocess.run(
-                self.argv(*args),
-                env=fake_knobs_as_fleet_env({**self.env, **env}),
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-
-        def url(self, k: int, path: str = "/api/version") -> str:
-            return f"http://127.0.0.1:{self.base_port + k}{path}"
-
-    f = Fleet()
+    f = CliFleet(tmp_path)
     yield f
     f.run("down", "--timeout", "2")

@@ -21,7 +21,10 @@ of a stream), FAKE_OLLAMA_GPUS (the box's GPUs, as the fake pynvml numbers them,
 FAKE_OLLAMA_NO_CUDA=1 (the CUDA library fails: no GPU found), FAKE_OLLAMA_VERSION,
 FAKE_OLLAMA_REGISTRY (the models /api/pull finds; a pull writes a manifest into
 OLLAMA_MODELS, so every instance sharing the dir has the model), FAKE_OLLAMA_PULL_S (seconds
-a pull takes, 0.3).
+a pull takes, 0.3), FAKE_OLLAMA_FAULTS (a directory: while a file named after this
+instance's port is in it, the instance fails fast as its content says: `load`, every
+model load answers 500 at once, as a GPU whose memory another process took; `busy`, every
+model request answers 503 "server busy", as a full queue).
 
 Each behaviour copied from Ollama names the file and function of ollama/ollama (v0.33.0-rc2,
 fb30760) it follows.
@@ -117,6 +120,25 @@ def models_present() -> list[str]:
         if model not in found and path is not None and os.path.exists(path):
             found.append(model)
     return found
+
+
+FAULTS = os.environ.get("FAKE_OLLAMA_FAULTS")
+# llm/llama_server.go (the load's error when llama-server exits), answered 500 at once by
+# server/routes.go handleScheduleError; sched.go ErrMaxQueue, answered 503.
+LOAD_FAILED = "llama-server process has terminated: cudaMalloc failed: out of memory"
+BUSY = "server busy, please try again.  maximum pending requests exceeded"
+
+
+def fault() -> str | None:
+    """The failure a test set for this instance now (FAKE_OLLAMA_FAULTS/<port>), if any."""
+    if not FAULTS:
+        return None
+    port = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434").rsplit(":", 1)[-1]
+    try:
+        with open(os.path.join(FAULTS, port)) as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
 
 
 THINKING = {normalize(m) for m in os.environ.get("FAKE_OLLAMA_THINKING", "qwen3").split(",") if m}
@@ -506,8 +528,22 @@ class Handler(BaseHTTPRequestHandler):
             keep_alive = parse_duration(body["keep_alive"]) if "keep_alive" in body else None
         except ValueError as exc:
             return self._json(400, {"error": str(exc)})
+        failing = fault()
+        if failing == "busy":
+            return self._error(kind, 503, BUSY)
+        if failing == "load":
+            return self._error(kind, 500, LOAD_FAILED)
+        if self._only_loads(kind, body):
+            # An empty prompt, messages or input only loads the model: the handler answers
+            # right after scheduleRunner, before any completion takes one of the runner's
+            # slots (server/routes.go GenerateHandler, ChatHandler, EmbedHandler; the slot
+            # is llm/llama_server.go's s.sem, acquired in Completion and Embedding).
+            load = ENGINE.load(model, keep_alive)
+            if kind in ("embed", "openai-embed"):
+                return self._embed(kind, model, body)
+            return self._generate(kind, model, body, load)
         if not ENGINE.acquire():
-            return self._json(503, {"error": "server busy, please try again.  maximum pending requests exceeded"})
+            return self._error(kind, 503, BUSY)
         try:
             load = ENGINE.load(model, keep_alive)
             if kind in ("embed", "openai-embed"):
@@ -519,6 +555,21 @@ class Handler(BaseHTTPRequestHandler):
             pass  # the client went away: stop generating, free the slot
         finally:
             ENGINE.release()
+
+    @staticmethod
+    def _only_loads(kind: str, body: dict) -> bool:
+        if kind == "generate":
+            return not body.get("prompt") and not body.get("images")
+        if kind == "chat":
+            return not body.get("messages")
+        return kind == "embed" and not body.get("input")
+
+    def _error(self, kind: str, status: int, message: str) -> None:
+        """Ollama's {"error"} body; its OpenAI layer wraps it in its own error object
+        (openai/openai.go NewError)."""
+        if kind.startswith("openai"):
+            return self._json(status, {"error": {"message": message, "type": "api_error", "param": None, "code": None}})
+        return self._json(status, {"error": message})
 
     def _pull(self, body: dict) -> None:
         """server/routes.go PullHandler + server/images.go PullModel: NDJSON progress

@@ -249,3 +249,84 @@ class Gateway:
             pid = int((self.prefix / "haproxy.pid").read_text().split()[0])
             os.kill(pid, signal.SIGTERM)
         shutil.rmtree(self.prefix, ignore_errors=True)
+
+
+class CliFleet:
+    """The real CLI run in subprocesses against fake Ollama instances, its state, models and
+    home under `tmp` (the `fleet` fixture, and benchmarks that need `status`)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.state = tmp / "fleet-state"
+        self.models = tmp / "fleet-models"
+        self.models.mkdir()
+        self.base_port = free_port_range(8)
+        (tmp / "home").mkdir()
+        self.env = subprocess_env(
+            HOME=str(tmp / "home"),  # instances write ~/.ollama/id_ed25519 there
+            FAKE_NVML_GPUS="2",
+            OLLAMA_FLEET_STATE_DIR=str(self.state),
+            OLLAMA_FLEET_MODELS_DIR=str(self.models),
+            OLLAMA_FLEET_OLLAMA_BIN=str(FAKE_OLLAMA),
+            OLLAMA_FLEET_BASE_PORT=str(self.base_port),
+            OLLAMA_FLEET_WAIT_TIMEOUT="20",
+            OLLAMA_FLEET_GATEWAY="false",  # gateway tests turn it on, on a port of their own
+            **as_root_on_purpose(),
+        )
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "ollama_fleet", *args]
+
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.argv(*args),
+            env=fake_knobs_as_fleet_env({**self.env, **env}),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def url(self, k: int, path: str = "/api/version") -> str:
+        return f"http://127.0.0.1:{self.base_port + k}{path}"
+
+
+def fail_fast(fleet: CliFleet, engine: str, fault: str, *, requests: int, concurrency: int) -> dict[str, float]:
+    """4 one-slot instances behind an `engine` gateway, gpu1 failing every model request at
+    once from just before a streamed load (`fault`: "load", a 500 as from a GPU whose memory
+    another process took; "busy", a 503 as from a full queue). Returns the requests that
+    failed, how long `status` took to call gpu1 failing (exit 1), and how long to call the
+    fleet healthy again once gpu1 works (`detect_s`/`recover_s`: inf when it never did)."""
+    import json
+    import threading
+
+    from ollama_fleet.bench import run_load
+
+    faults = fleet.state.parent / "faults"
+    faults.mkdir()
+    fleet.env["FAKE_NVML_GPUS"] = "4"
+    url = gateway_up(fleet, engine, "--preload", "llama3.2", FAKE_OLLAMA_FAULTS=str(faults))
+    failing = faults / str(fleet.base_port + 1)  # gpu1's port: the fake reads FAULTS/<port>
+
+    def gpu1_healthy() -> bool | None:
+        """gpu1's health per `status`, None when `status` disagrees with its own exit code."""
+        shown = fleet.run("status", "--json")
+        report = json.loads(shown.stdout)
+        healthy = next(i["healthy"] for i in report["instances"] if i["name"] == "gpu1")
+        return healthy if (shown.returncode == 0) == report["healthy"] == healthy else None
+
+    def until(wanted: bool, start: float, limit: float = 15.0) -> float:
+        while time.monotonic() - start < limit:
+            if gpu1_healthy() is wanted:
+                return time.monotonic() - start
+            time.sleep(0.1)
+        return float("inf")
+
+    found: dict[str, float] = {}
+    failing.write_text(fault)
+    start = time.monotonic()
+    watcher = threading.Thread(target=lambda: found.update(detect_s=until(False, start)))
+    watcher.start()
+    result = run_load([url], "llama3.2", concurrency=concurrency, requests=requests)
+    watcher.join()
+    failing.unlink()
+    found["recover_s"] = until(True, time.monotonic())
+    return {"failed": sum(s.error is not None for s in result.samples), "requests": len(result.samples), **found}

@@ -68,8 +68,16 @@ class Fleet:
         """Restart these instances and wait until they answer; returns problems."""
         raise NotImplementedError
 
-    def preload(self, name: str, timeout: float) -> list[str]:
+    def loads(self, name: str) -> list[tuple[str, str, str]]:
+        """What this instance loads after a (re)start, as (instance, model, keep_alive); the
+        first one is what `status` asks it to load to prove it serves."""
         return []
+
+    def address(self, name: str) -> str:
+        raise NotImplementedError
+
+    def preload(self, name: str, timeout: float) -> list[str]:
+        return probe.preload({name: self.address(name)}, self.loads(name), timeout)
 
     def log_sources(self, names: list[str]) -> dict[str, Path | list[str]]:
         """Per instance: its log file, or the command that prints its journal."""
@@ -140,10 +148,11 @@ class UpFleet(Fleet):
         )
         return list(wait_ready(self.home, subset, timeout, tick=lambda: None).failed.values())
 
-    def preload(self, name: str, timeout: float) -> list[str]:
-        inst = next(i for i in self.desired.instances if i.name == name)
-        jobs = [job for job in self.desired.loads if job[0] == name]
-        return probe.preload({name: inst.address}, jobs, timeout)
+    def address(self, name: str) -> str:
+        return next(i.address for i in self.desired.instances if i.name == name)
+
+    def loads(self, name: str) -> list[tuple[str, str, str]]:
+        return [job for job in self.desired.loads if job[0] == name]
 
     def log_sources(self, names: list[str]) -> dict[str, Path | list[str]]:
         return {i.name: i.log for i in self.desired.instances if i.name in names}
@@ -211,13 +220,17 @@ class SystemdFleet(Fleet):
             return []
         return [f"{n} did not answer GET /api/version within {timeout:g}s after its restart" for n in pending]
 
-    def preload(self, name: str, timeout: float) -> list[str]:
-        member = next(m for m in self.manifest.instances if m.name == name)
-        # No keep_alive of its own: the instance's OLLAMA_KEEP_ALIVE (its env file) applies.
-        jobs = [
+    def address(self, name: str) -> str:
+        return next(m.address for m in self.manifest.instances if m.name == name)
+
+    def loads(self, name: str) -> list[tuple[str, str, str]]:
+        if self.manifest.loads:
+            return [job for job in self.manifest.loads if job[0] == name]
+        # A manifest from before loads were recorded: its placed models, with no keep_alive
+        # of their own (the instance's OLLAMA_KEEP_ALIVE, in its env file, applies).
+        return [
             (name, model, placed.keep_alive or "") for model, placed in self.models.items() if name in placed.instances
         ]
-        return probe.preload({name: member.address}, jobs, timeout)
 
     def log_sources(self, names: list[str]) -> dict[str, Path | list[str]]:
         return {n: ["journalctl", "-u", unit_of(n), "-o", "cat", "--no-pager"] for n in names}

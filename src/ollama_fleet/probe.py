@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import re
 import ssl
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from ollama_fleet.values import load_body
 from ollama_fleet.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 # Ollama on loopback answers 403 to a non-local Host header; send a local one explicitly.
 HEADERS = {"Host": "localhost"}
+LOAD_HEADERS = {**HEADERS, "Content-Type": "application/json"}
+# The least a preload is given: a large model takes minutes to load from a slow disk.
+PRELOAD_TIMEOUT = 300
 
 
 def _url(address: str, path: str) -> str:
@@ -69,32 +72,45 @@ def versions(addresses: list[str], timeout: float = 1.0) -> dict[str, str | None
     return asyncio.run(run()) if addresses else {}
 
 
-def keep_alive_value(keep_alive: str) -> Any:
-    """Ollama's API reads a keep_alive string with Go's ParseDuration, which rejects "3600"
-    and "-1": whole seconds must travel as a JSON number."""
-    return int(keep_alive) if re.fullmatch(r"[-+]?\d+", keep_alive) else keep_alive
+async def _load(client: httpx.AsyncClient, address: str, model: str, keep_alive: str) -> str | None:
+    """Load a model: None when loaded, else the error Ollama answered. Raises httpx's
+    errors when it does not answer.
 
-
-async def _preload(client: httpx.AsyncClient, address: str, model: str, keep_alive: str) -> str | None:
-    # An embed with no input loads any model and embeds nothing (ollama/ollama
-    # server/routes.go EmbedHandler: scheduleRunner with no required capability, then
-    # `len(input) == 0` returns). An empty-prompt generate would load only models that
-    # can generate: embedding models answer 400 "does not support generate".
-    import httpx
-
-    body: dict[str, Any] = {"model": model, "input": ""}
-    if keep_alive:  # else the instance's own OLLAMA_KEEP_ALIVE applies
-        body["keep_alive"] = keep_alive_value(keep_alive)
-    try:
-        response = await client.post(_url(address, "/api/embed"), json=body, headers=HEADERS)
-    except httpx.HTTPError as exc:
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    An embed with no input loads any model and embeds nothing (ollama/ollama
+    server/routes.go EmbedHandler: scheduleRunner with no required capability, then
+    `len(input) == 0` returns, before the runner's slot is taken). An empty-prompt generate
+    would load only models that can generate: embedding models answer 400 "does not
+    support generate". The gateway's health check sends the same request (load_body)."""
+    response = await client.post(
+        _url(address, "/api/embed"), content=load_body(model, keep_alive), headers=LOAD_HEADERS
+    )
     if response.status_code == 200:
         return None
     try:
         return str(response.json()["error"])
     except (ValueError, KeyError, TypeError):
         return f"HTTP {response.status_code}"
+
+
+async def _preload(client: httpx.AsyncClient, address: str, model: str, keep_alive: str) -> str | None:
+    import httpx
+
+    try:
+        return await _load(client, address, model, keep_alive)
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _serves(client: httpx.AsyncClient, address: str, check: tuple[str, str]) -> str | None:
+    """Why this instance cannot serve: the error it answered when asked to load its model
+    (a GPU whose memory another process took answers 500 at once). None when it loaded it,
+    and while it is still loading (no answer yet is not a failure)."""
+    import httpx
+
+    try:
+        return await _load(client, address, *check)
+    except httpx.HTTPError:
+        return None
 
 
 def preload(addresses: dict[str, str], jobs: list[tuple[str, str, str]], timeout: float) -> list[str]:
@@ -133,6 +149,8 @@ class Facts(BaseModel):
     latency_ms: float | None = None
     models: list[dict[str, Any]] = []
     error: str | None = None
+    # It answers, but what it answered when asked to load its model (Ollama's error).
+    cannot_serve: str | None = None
 
 
 async def _facts(client: httpx.AsyncClient, address: str) -> Facts:
@@ -177,10 +195,15 @@ async def _answers(client: httpx.AsyncClient, url: str) -> str | None:
         return _describe(exc)
 
 
-def gather_facts(addresses: list[str], gateway_url: str | None, timeout: float) -> tuple[dict[str, Facts], str | None]:
+def gather_facts(
+    addresses: list[str], gateway_url: str | None, timeout: float, checks: dict[str, tuple[str, str]] | None = None
+) -> tuple[dict[str, Facts], str | None]:
     """Every instance's facts and the gateway's state, all probed at once; each probe is
-    bounded by `timeout` as a whole, so the total stays near one timeout."""
+    bounded by `timeout` as a whole, so the total stays near one timeout. `checks`: per
+    address, the (model, keep_alive) it loads to prove it serves (Facts.cannot_serve)."""
     import httpx
+
+    checks = checks or {}
 
     async def bounded(coro: Any, fallback: Any) -> Any:
         try:
@@ -188,12 +211,20 @@ def gather_facts(addresses: list[str], gateway_url: str | None, timeout: float) 
         except asyncio.TimeoutError:
             return fallback
 
+    async def facts_of(client: httpx.AsyncClient, address: str) -> Facts:
+        check = checks.get(address)
+        serves = _serves(client, address, check) if check else asyncio.sleep(0, None)
+        facts, why = await asyncio.gather(
+            bounded(_facts(client, address), Facts(error="no answer (timed out)")), bounded(serves, None)
+        )
+        facts.cannot_serve = why if facts.version is not None else None
+        return facts
+
     async def run() -> tuple[list[Facts], str | None]:
         async with _client(timeout) as client, httpx.AsyncClient(timeout=timeout, verify=False, trust_env=False) as gw:
             gateway = _answers(gw, gateway_url) if gateway_url else asyncio.sleep(0, None)
             *facts, gateway_error = await asyncio.gather(
-                *(bounded(_facts(client, a), Facts(error="no answer (timed out)")) for a in addresses),
-                bounded(gateway, "no answer (timed out)"),
+                *(facts_of(client, a) for a in addresses), bounded(gateway, "no answer (timed out)")
             )
         return facts, gateway_error
 

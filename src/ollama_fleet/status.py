@@ -45,6 +45,10 @@ class InstanceStatus(BaseModel):
     latency_ms: float | None = None
     version: str | None = None
     error: str | None = None
+    # It answers, but cannot serve: what it answered when asked to load its first model
+    # (a GPU whose memory another process took answers 500 at once), or the gateway took
+    # it out of rotation (its health check, which loads that model, failed).
+    failing: str | None = None
     models: list[LoadedModel] = []
     # The devices Ollama said this run uses ("inference compute" in its log); None: unknown.
     devices: list[str] | None = None
@@ -125,7 +129,10 @@ def gather(state_dir: Path, timeout: float, system_root: Path = Path("/")) -> St
     )
     placed = _placement(fleet.models)
     gpus, nvml = _gpus()
-    answers, gateway_error = probe.gather_facts([m.address for m in members], gateway.url, timeout)
+    # Each instance proves it serves by loading its first model (a no-op while it is loaded),
+    # with the keep-alive `up` gave it: the request the gateway's health check sends.
+    checks = {m.address: job[1:] for m in members for job in fleet.loads(m.name)[:1]}
+    answers, gateway_error = probe.gather_facts([m.address for m in members], gateway.url, timeout, checks)
     try:
         counts = engine_named(gateway.engine).stats(gateway.prefix) if gateway.engine and gateway.prefix else None
     except UserError as exc:  # its counts are root's to read: say so instead of leaving them out
@@ -139,6 +146,13 @@ def gather(state_dir: Path, timeout: float, system_root: Path = Path("/")) -> St
         f = answers[m.address]
         # On a GPU not its own, or the CPU: answering is not healthy.
         wrong = pinning.problem(m.pin, m.devices) if m.devices is not None else None
+        server = servers.get(m.name)
+        taken_out = server is not None and server.state.startswith("DOWN")
+        failing = f.cannot_serve or (
+            f"the gateway took it out of rotation ({server.check or 'its health check failed'})"
+            if taken_out and server
+            else None
+        )
         inst = InstanceStatus(
             name=m.name,
             address=m.address,
@@ -146,13 +160,14 @@ def gather(state_dir: Path, timeout: float, system_root: Path = Path("/")) -> St
             pid=m.pid,
             restarts=m.restarts,
             uptime_s=round(now - m.started_at, 1) if m.started_at else None,
-            healthy=f.version is not None and wrong is None,
+            healthy=f.version is not None and wrong is None and failing is None,
             latency_ms=round(f.latency_ms, 2) if f.latency_ms is not None else None,
             version=f.version,
-            error=f.error if f.version is None else wrong,
+            error=f.error if f.version is None else wrong or failing,
+            failing=failing if f.version is not None and wrong is None else None,
             models=[_model(raw) for raw in f.models],
             devices=[d.label for d in m.devices] if m.devices is not None else None,
-            gateway=servers.get(m.name),
+            gateway=server,
             placed=placed.get(m.name, []),
         )
         if inst.healthy:

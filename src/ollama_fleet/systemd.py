@@ -117,6 +117,9 @@ class Manifest(BaseModel):
     instances: tuple[Member, ...]
     gateway: ManifestGateway | None = None
     models: dict[str, Placement] = {}  # where each placed model lives
+    # What to load after a (re)start, as (instance, model, keep_alive): placed models and
+    # --preload (plan.loads). Empty in a manifest from before it was recorded.
+    loads: tuple[tuple[str, str, str], ...] = ()
 
 
 def on_root(root: Path, path: Path | PurePosixPath) -> Path:

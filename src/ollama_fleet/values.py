@@ -5,6 +5,7 @@ user types reaches a rendered config without passing one of these."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,22 @@ def go_duration(value: str) -> str:
     if not _GO_DURATION.fullmatch(value):
         raise ValueError("not a Go duration (15s, 5m, 1h30m) or whole seconds (3600, -1 for forever)")
     return value
+
+
+def keep_alive_value(keep_alive: str) -> Any:
+    """Ollama's API reads a keep_alive string with Go's ParseDuration, which rejects "3600"
+    and "-1": whole seconds must travel as a JSON number."""
+    return int(keep_alive) if re.fullmatch(r"[-+]?\d+", keep_alive) else keep_alive
+
+
+def load_body(model: str, keep_alive: str) -> str:
+    """The JSON of a request that loads `model` and does nothing else (an /api/embed with no
+    input), kept `keep_alive` ("": the instance's OLLAMA_KEEP_ALIVE). `up`'s preload, the
+    gateway's health check and `status` all send it. Compact, as it also sits in a config."""
+    body: dict[str, Any] = {"model": model, "input": ""}
+    if keep_alive:
+        body["keep_alive"] = keep_alive_value(keep_alive)
+    return json.dumps(body, separators=(",", ":"))
 
 
 def unloads_at_once(keep_alive: str) -> bool:

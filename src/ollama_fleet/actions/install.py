@@ -17,7 +17,7 @@ from ollama_fleet.actions import Progress
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import Missing, UserError
 from ollama_fleet.gateway import InstallLayout
-from ollama_fleet.plan import Instance, ModelsDir
+from ollama_fleet.plan import Instance, ModelsDir, loads
 from ollama_fleet.processes import find_tool, resolve_binary
 from ollama_fleet.render import RenderedFile
 from ollama_fleet.state import write_atomic
@@ -123,6 +123,7 @@ def install(
     systemctl: Systemctl | None = None,
     redact: Callable[[str], str] = str,
     models: dict[str, Placement] | None = None,
+    loads: tuple[tuple[str, str, str], ...] = (),
 ) -> InstallReport:
     """Write what changed (atomically), remove what the last install wrote and this one does
     not, then (with a systemctl) reload systemd and restart only what changed."""
@@ -165,6 +166,7 @@ def install(
         instances=tuple(Member(name=i.name, host=i.host, port=i.port, gpus=i.gpus) for i in instances),
         gateway=gateway[1] if gateway else None,
         models=models or {},
+        loads=loads,
     ).model_dump_json(indent=2)
     if _current(on_root(root, MANIFEST)) != (manifest, 0o644):
         write_atomic(on_root(root, MANIFEST), manifest)
@@ -288,6 +290,7 @@ def install_systemd(
         where = ManifestGateway(engine=engine.name, listen=str(spec.listen), url=spec.probe_url, **layout.manifest())
         gateway = (layout, where)
     files = render_units(result.instances, service, gateway[0] if gateway else None)
+    jobs = loads(result, cfg.preload, cfg.keep_alive)
     if account is not None and not dry_run:
         # Ollama writes its key to ~/.ollama before it listens, and exits when it cannot
         # (ProtectSystem=full makes /usr read-only but for ReadWritePaths, which skips a
@@ -302,6 +305,7 @@ def install_systemd(
         systemctl=systemctl,
         redact=engine.redact if engine else str,
         models=result.models,
+        loads=tuple(jobs),
     )
     done = Installed(
         report=report,
@@ -316,6 +320,9 @@ def install_systemd(
         problems = wait_started(
             result.instances, spec.probe_url if spec else None, gateway[0].unit if gateway else None, cfg.wait_timeout
         )
+        if not problems:  # as `up` does, once they answer
+            addresses = {i.name: i.address for i in result.instances}
+            problems = probe.preload(addresses, jobs, timeout=max(cfg.wait_timeout, probe.PRELOAD_TIMEOUT))
         if problems:
             raise UserError("\n".join(problems))
         done.answered = True

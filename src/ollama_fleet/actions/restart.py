@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from ollama_fleet import probe
 from ollama_fleet.actions import Progress
 from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.fleet import Fleet
@@ -41,7 +42,7 @@ def restart(
         say(f"restarting {', '.join(chosen)}")
         outcome.problems += fleet.restart(chosen, wait_timeout)
         for name in chosen:
-            outcome.problems += fleet.preload(name, max(wait_timeout, 300))
+            outcome.problems += fleet.preload(name, max(wait_timeout, probe.PRELOAD_TIMEOUT))
         outcome.restarted = [n for n in chosen if not any(p.startswith(n + " ") for p in outcome.problems)]
         return outcome
     if fleet.engine is None:
@@ -66,7 +67,7 @@ def restart(
             outcome.problems += failed
             say(f"{name}: did not come back; stopping the roll here (it stays drained)")
             break
-        outcome.problems += fleet.preload(name, max(wait_timeout, 300))
+        outcome.problems += fleet.preload(name, max(wait_timeout, probe.PRELOAD_TIMEOUT))
         fleet.engine.undrain(fleet.drain_home, name, wait_timeout)
         outcome.restarted.append(name)
         say(f"{name}: back in the gateway after {time.monotonic() - started:.1f}s")

@@ -190,7 +190,7 @@ def up(
         preload_failures = probe.preload(
             {i.name: i.address for i in new.instances if i.name in ready.versions},
             list(new.loads),
-            timeout=max(cfg.wait_timeout, 300),
+            timeout=max(cfg.wait_timeout, probe.PRELOAD_TIMEOUT),
         )
     except Interrupted:
         assert supervisor is not None

@@ -63,7 +63,17 @@ def plan_command(cfg: FleetConfig, *, json_: JsonOpt = False) -> None:
             out().print(part, soft_wrap=True)
 
 
-RENDER_SETTINGS = ("gpus", "gpus_per_instance", "base_port", "state_dir", "env", "models", *GATEWAY_SETTINGS[2:])
+# --preload too: the HAProxy health check loads it (the config `up` renders from the same settings).
+RENDER_SETTINGS = (
+    "gpus",
+    "gpus_per_instance",
+    "base_port",
+    "state_dir",
+    "env",
+    "models",
+    "preload",
+    *GATEWAY_SETTINGS[2:],
+)
 
 
 def _render(
@@ -132,6 +142,7 @@ _render_command(
     *INSTANCE_SETTINGS,
     "user",
     "wait_timeout",
+    "preload",
     *GATEWAY_SETTINGS,
     help_overrides={"user": "the user instances run as (default: ollama)"},
 )

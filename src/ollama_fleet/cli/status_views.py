@@ -71,8 +71,8 @@ def status_view(report: StatusReport) -> Group:
     for i in report.instances:
         if i.healthy:
             health = Text(f"ok {i.latency_ms:.0f}ms", style="green")
-        else:  # it answers, but on devices not its own (its log says which), or it does not answer
-            health = Text("WRONG GPU" if i.version else "DOWN", style="bold red")
+        else:  # it does not answer; it answers but cannot serve; or it runs on devices not its own
+            health = Text("DOWN" if not i.version else "FAILING" if i.failing else "WRONG GPU", style="bold red")
             problems.append(Text(f"{i.name}: {i.error}", style="red"))
         # ✓: Ollama's own log says it runs on exactly these GPUs.
         pinned = ",".join(i.gpus) + (" ✓" if i.healthy and i.devices else "")

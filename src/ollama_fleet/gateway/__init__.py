@@ -84,6 +84,7 @@ class ServerStats(BaseModel):
     state: str  # UP, DOWN, DRAIN, MAINT, ...
     queued: int  # requests waiting at the gateway for this very instance
     in_flight: int
+    check: str | None = None  # why its health check failed, while it is not UP
 
 
 class KeyStats(BaseModel):

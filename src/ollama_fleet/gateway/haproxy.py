@@ -113,6 +113,7 @@ class Haproxy:
             tls=spec.tls,
             metrics_port=spec.metrics_port,
             models=spec.models,
+            check=spec.check,
             info=spec.info,
             model_paths=MODEL_PATHS,
             prefix=prefix,
@@ -177,16 +178,24 @@ class Haproxy:
         sock = prefix / SOCKET
         check_access(sock)
         try:
-            rows = [row for row in stat_rows(sock) if row.get("pxname") == BACKEND]
+            # The backends that generate: the main one and one per placed model, each of
+            # which checks its instances by loading its own model.
+            rows = [row for row in stat_rows(sock) if _generates(row.get("pxname", ""))]
         except UserError:
             return None
-        servers = {
-            row["svname"]: ServerStats(
-                state=row["status"], queued=int(row["qcur"] or 0), in_flight=int(row["scur"] or 0)
+        servers: dict[str, ServerStats] = {}
+        for row in rows:
+            if row["svname"] in ("FRONTEND", "BACKEND"):
+                continue
+            seen = servers.get(row["svname"])
+            down = row["status"].startswith("DOWN")
+            servers[row["svname"]] = ServerStats(
+                # The main backend's state, unless a model's backend took it out.
+                state=row["status"] if seen is None or down else seen.state,
+                queued=int(row["qcur"] or 0) + (seen.queued if seen else 0),
+                in_flight=int(row["scur"] or 0) + (seen.in_flight if seen else 0),
+                check=_check_text(row) if down else seen.check if seen else None,
             )
-            for row in rows
-            if row["svname"] not in ("FRONTEND", "BACKEND")
-        }
         # Requests not yet given to a server wait in the backend's queue (leastconn picks
         # the first server with a free slot).
         queued = sum(int(row["qcur"] or 0) for row in rows if row["svname"] == "BACKEND")
@@ -210,6 +219,18 @@ class Haproxy:
             _set(sock, f"set weight {backend}/{name} 1")
         if not wait_until(lambda: all(status == "UP" for status in _rows_of(sock, name).values()), timeout):
             raise UserError(f"{name} is not UP at HAProxy {timeout:g}s after it was sent requests again")
+
+
+def _generates(backend: str) -> bool:
+    return backend == BACKEND or backend.startswith(f"{BACKEND}_model")
+
+
+def _check_text(row: dict[str, str]) -> str:
+    """What `show stat` says of a server's last health check: `L7STS` and the status an
+    instance answered (500 from a GPU that cannot load), or `L4CON` (refused), `L4TOUT` ..."""
+    status, code, desc = row.get("check_status", ""), row.get("check_code", ""), row.get("check_desc", "")
+    said = " ".join(part for part in (status.lstrip("* "), code) if part) or "no check result"
+    return f"its health check: {said}" + (f" ({desc})" if desc else "")
 
 
 def check_inputs(prefix: Path, tls: Tls | None) -> None:

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput
 from ollama_fleet.keys import ApiKey, read_keys
-from ollama_fleet.names import spellings
+from ollama_fleet.names import canonical, spellings
 from ollama_fleet.plan import Plan
-from ollama_fleet.values import Listen, host_pattern
+from ollama_fleet.values import Listen, host_pattern, load_body
 
 if TYPE_CHECKING:
     from ollama_fleet.gateway.front import FrontSpec
@@ -33,6 +33,20 @@ class Backend(BaseModel):
     slots: int = 1  # the instance's OLLAMA_NUM_PARALLEL: requests it serves at once
 
 
+class ServeCheck(BaseModel):
+    """What a health check asks of an instance to prove it can serve: load this model, kept
+    as long as `up` keeps it (values.load_body). `GET /api/version` alone answers 200 on a GPU
+    that cannot load anything (its memory taken by another process: Ollama answers 500)."""
+
+    model_config = ConfigDict(frozen=True)
+    model: str
+    keep_alive: str
+
+    @property
+    def body(self) -> str:
+        return load_body(self.model, self.keep_alive)
+
+
 class ModelRoute(BaseModel):
     """A placed model: the names a request may give it, and the instances that serve it."""
 
@@ -40,6 +54,7 @@ class ModelRoute(BaseModel):
     model: str  # "qwen3:latest"
     names: tuple[str, ...]  # ("qwen3", "qwen3:latest", "library/qwen3", ...): all mean it
     instances: tuple[Backend, ...]
+    check: ServeCheck | None = None  # None in a gateway.json from before checks loaded models
 
 
 class Tls(BaseModel):
@@ -62,6 +77,9 @@ class GatewaySpec(BaseModel):
     tls: Tls | None
     metrics_port: int = 8405
     models: tuple[ModelRoute, ...] = ()
+    # How the instances prove they serve the models not placed anywhere: a --preload model,
+    # which every instance holds; None: no model is known, only `GET /api/version` is asked.
+    check: ServeCheck | None = None
     drained: tuple[str, ...] = ()  # instances sent no new request (a rolling restart)
     # GET /fleet/info: the box described to a front (fleet_info()), JSON the gateway
     # answers itself, so it never waits for a slot. In the config, so the description and
@@ -117,13 +135,16 @@ def spec_from(config: FleetConfig, plan: Plan) -> GatewaySpec:
             model=model,
             names=spellings(model),
             instances=tuple(backends[name] for name in placed.instances),
+            check=ServeCheck(model=model, keep_alive=placed.keep_alive or config.keep_alive),
         )
         for model, placed in plan.models.items()
     )
+    everywhere = [m for m in map(canonical, config.preload) if m not in plan.models]
     return GatewaySpec(
         info=fleet_info(config.name or host_name(), tuple(backends.values()), routes),
         instances=tuple(backends.values()),
         models=routes,
+        check=ServeCheck(model=everywhere[0], keep_alive=config.keep_alive) if everywhere else None,
         listen=config.listen,
         allow=tuple(str(net) for net in config.allow),
         hosts=served_hosts(config),
