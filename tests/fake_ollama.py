@@ -129,6 +129,14 @@ LOAD_FAILED = "llama-server process has terminated: cudaMalloc failed: out of me
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
 
+def cloud_model(name: str) -> bool:
+    """internal/modelref/modelref.go parseSourceSuffix: a last `:cloud`, or a tag ending in
+    `-cloud` (gpt-oss:120b-cloud), names a model of ollama.com."""
+    head, sep, suffix = name.strip().rpartition(":")
+    suffix = suffix.lower()
+    return bool(sep) and "/" not in suffix and (suffix == "cloud" or suffix.endswith("-cloud"))
+
+
 def fault() -> str | None:
     """The failure a test set for this instance now (FAKE_OLLAMA_FAULTS/<port>), if any."""
     if not FAULTS:
@@ -493,6 +501,8 @@ class Handler(BaseHTTPRequestHandler):
         kind = kinds.get(path)
         if kind is None:
             return self._not_found()
+        if cloud_model(str(body.get("model") or "")):
+            return self._cloud(kind)
         model = normalize(str(body.get("model") or body.get("name") or ""))
         if model not in models_present():
             # Ollama's exact body; the OpenAI layer wraps it in its own error object.
@@ -555,6 +565,15 @@ class Handler(BaseHTTPRequestHandler):
             pass  # the client went away: stop generating, free the slot
         finally:
             ENGINE.release()
+
+    def _cloud(self, kind: str) -> None:
+        """A `:cloud` model is proxied to ollama.com (server/cloud_proxy.go
+        proxyCloudRequestWithPath), unless OLLAMA_NO_CLOUD: 403, internal/cloud/policy.go
+        DisabledError with routes.go cloudErrRemoteInferenceUnavailable. This fake has no
+        ollama.com to reach: 502, so that a test sees the request would have left."""
+        if os.environ.get("OLLAMA_NO_CLOUD", "").strip().lower() in ("1", "true", "t", "yes"):
+            return self._json(403, {"error": "ollama cloud is disabled: remote model is unavailable"})
+        return self._error(kind, 502, "the fake cannot reach ollama.com (a real Ollama would send it there)")
 
     @staticmethod
     def _only_loads(kind: str, body: dict) -> bool:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -330,3 +331,50 @@ def fail_fast(fleet: CliFleet, engine: str, fault: str, *, requests: int, concur
     failing.unlink()
     found["recover_s"] = until(True, time.monotonic())
     return {"failed": sum(s.error is not None for s in result.samples), "requests": len(result.samples), **found}
+
+
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+def readable_copy(path: Path) -> Path:
+    """`path` copied where `nobody` can read it: a checkout may sit in a directory other
+    users cannot enter (root's home, a `mktemp -d` folder), as CI's may."""
+    where = Path(tempfile.mkdtemp(prefix="fleet-readable-"))
+    where.chmod(0o755)
+    copy = where / path.name
+    shutil.copy(path, copy)
+    copy.chmod(0o755)
+    return copy
+
+
+def any_python() -> str:
+    """A Python `nobody` can run, for standard-library-only programs (the fake Ollama): the
+    system's, since the tests' own may sit under a directory only root may enter."""
+    return shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+
+
+def as_nobody(call: Callable[[], object]) -> str:
+    """`call()` in a forked child that dropped to `nobody` (no supplementary groups): what it
+    returned or raised, as text. The child has every module the tests imported, so nothing
+    of the checkout needs to be readable by `nobody`."""
+    import pwd
+
+    account = pwd.getpwnam("nobody")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        os.close(read)
+        try:
+            os.setgroups([])
+            os.setgid(account.pw_gid)
+            os.setuid(account.pw_uid)
+            said = str(call())
+        except BaseException as exc:
+            said = str(exc)
+        os.write(write, said.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as out:
+        said = out.read()
+    os.waitpid(pid, 0)
+    return said

@@ -180,6 +180,9 @@ def plan(config: FleetConfig, discovery: Discovery, models_dir: ModelsDir) -> Pl
             # CUDA_VISIBLE_DEVICES: without this an instance sees every GPU of the box and
             # loads models onto its neighbours' cards (ollama/ollama#16508, #16592).
             "OLLAMA_VULKAN": "0",
+            # A `:cloud` model name is otherwise sent to ollama.com under the box's account:
+            # a team's prompts leave the building. `--env OLLAMA_NO_CLOUD=0` opts in.
+            "OLLAMA_NO_CLOUD": "1",
             **config.env,
         }
         if k > 0:

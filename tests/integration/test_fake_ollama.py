@@ -7,13 +7,15 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import FAKE_OLLAMA, fake_home, start_instances, stop
+from tests.helpers import FAKE_OLLAMA, NOBODY, any_python, fake_home, readable_copy, start_instances, stop
 
 
 @pytest.fixture
@@ -333,10 +335,10 @@ def test_it_writes_its_key_first_and_exits_when_it_cannot(tmp_path) -> None:
         assert oct((home / ".ollama" / "id_ed25519").stat().st_mode & 0o777) == "0o600"
     finally:
         stop([ok])
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o555)
+    locked = Path(tempfile.mkdtemp(prefix="fleet-locked-"))  # tmp_path may be root's alone
+    locked.chmod(0o555)
     failed = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, str(FAKE_OLLAMA), "serve"],
+        [*NOBODY, any_python(), str(readable_copy(FAKE_OLLAMA)), "serve"],
         env={"HOME": str(locked), "OLLAMA_HOST": f"127.0.0.1:{port}"},
         capture_output=True,
         text=True,

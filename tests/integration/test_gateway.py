@@ -38,6 +38,7 @@ from ollama_fleet.plan import ModelsDir, plan
 from tests.helpers import (
     Gateway,
     free_port_range,
+    gateway_up,
     refused_source,
     require_tool,
     start_instances,
@@ -630,3 +631,16 @@ def test_fleet_info_describes_the_box_and_answers_while_every_slot_is_busy(tmp_p
     finally:
         gateway.close()
         stop(procs)
+
+
+def test_a_cloud_model_never_leaves_the_box_unless_asked(fleet) -> None:
+    """Every instance runs with OLLAMA_NO_CLOUD=1: a `:cloud` model name gets Ollama's 403
+    instead of reaching ollama.com under the box's account; `--env OLLAMA_NO_CLOUD=0` is the
+    opt-in (then the fake, which has no ollama.com, answers 502)."""
+    url = gateway_up(fleet, "nginx")
+    body = {"model": "gpt-oss:120b-cloud", "prompt": "hi", "stream": False}
+    refused = httpx.post(url + "/api/generate", json=body, timeout=10)
+    assert refused.status_code == 403 and "ollama cloud is disabled" in refused.json()["error"], refused.text
+    assert fleet.run("down").returncode == 0
+    url = gateway_up(fleet, "nginx", "--env", "OLLAMA_NO_CLOUD=0")
+    assert httpx.post(url + "/api/generate", json=body, timeout=10).status_code == 502

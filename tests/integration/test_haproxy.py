@@ -313,20 +313,14 @@ def test_a_user_without_access_to_the_admin_socket_is_told_why(tmp_path: Path) -
     import shutil
     import tempfile
 
+    from tests.helpers import as_nobody, require_root
+
+    require_root()
     prefix = Path(tempfile.mkdtemp(prefix="fleet-sock-"))
     try:
         prefix.chmod(0o755)
         (prefix / "admin.sock").touch(mode=0o600)
-        code = (
-            "from pathlib import Path; from ollama_fleet.gateway.haproxy import Haproxy\n"
-            f"try:\n    Haproxy().stats(Path({str(prefix)!r}))\nexcept Exception as exc:\n    print(exc)"
-        )
-        proc = subprocess.run(
-            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            env=subprocess_env(),
-        )
-        assert "admin socket" in proc.stdout and "mode 0600, root's: run this as root" in proc.stdout, proc.stderr
+        said = as_nobody(lambda: Haproxy().stats(prefix))
+        assert "admin socket" in said and "mode 0600, root's: run this as root" in said, said
     finally:
         shutil.rmtree(prefix)

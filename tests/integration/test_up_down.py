@@ -76,7 +76,7 @@ def test_each_instance_sees_its_pinned_environment(fleet) -> None:
         assert env["OLLAMA_HOST"] == f"127.0.0.1:{fleet.base_port + k}"
         assert env["OLLAMA_MODELS"] == str(fleet.models)
         assert env["OLLAMA_KEEP_ALIVE"] == "15s"
-        assert env["OLLAMA_VULKAN"] == "0"
+        assert env["OLLAMA_VULKAN"] == "0" and env["OLLAMA_NO_CLOUD"] == "1"
         # The writer (first instance) prunes at its own start; every other one never does.
         assert env.get("OLLAMA_NOPRUNE") == (None if k == 0 else "1")
         assert env["OLLAMA_NUM_PARALLEL"] == "2"

@@ -98,6 +98,7 @@ def test_plan_env_is_what_the_fleet_sets_never_the_callers(nvml, models_dir: Pat
         "OLLAMA_MODELS",
         "OLLAMA_KEEP_ALIVE",
         "OLLAMA_VULKAN",
+        "OLLAMA_NO_CLOUD",
     }
 
 

@@ -88,3 +88,28 @@ def test_the_config_gives_each_box_its_slots_and_each_model_its_boxes(tmp_path: 
 def test_a_front_needs_boxes(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match=r"^boxes: a front needs boxes"):
         front.spec_from(config(tmp_path), [])
+
+
+def test_pull_reads_a_gateway_json_of_an_older_version(tmp_path: Path) -> None:
+    """Before keys had names, gateway.json held them as plain strings: `pull` on this box
+    presents the first one, as it presents a named key's (#24 item 8)."""
+    import json
+
+    from ollama_fleet.actions.front import pull_targets
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    spec = {
+        "instances": [{"name": "gpu0", "address": "127.0.0.1:11534"}],
+        "listen": {"host": "127.0.0.1", "port": 8080},
+        "allow": [],
+        "api_keys": ["sk-old-0123456789abcdef"],  # as an older version wrote it
+        "balance": "least_conn",
+        "read_timeout": 600,
+        "max_body_size": "100m",
+        "tls": None,
+    }
+    gateway = {"engine": "nginx", "url": "http://127.0.0.1:8080", "spec": spec}
+    (state / "gateway.json").write_text(json.dumps(gateway))
+    targets = pull_targets(load_config({"state_dir": str(state)}, environ={}, cwd=tmp_path))
+    assert targets.urls == {"this box": "http://127.0.0.1:8080"} and targets.key == "sk-old-0123456789abcdef"

@@ -70,9 +70,12 @@ def test_environment_of_an_instance(tmp_path: Path) -> None:
         "OLLAMA_MODELS": "/srv/models",
         "OLLAMA_KEEP_ALIVE": "15s",
         "OLLAMA_VULKAN": "0",  # Vulkan ignores CUDA_VISIBLE_DEVICES
+        "OLLAMA_NO_CLOUD": "1",  # a :cloud model name would send prompts to ollama.com
         "OLLAMA_NOPRUNE": "1",  # never prunes a pull the writer has in flight
         "OLLAMA_NUM_PARALLEL": "4",
     }
+    opted_in = plan(config(tmp_path, env=["OLLAMA_NO_CLOUD=0"]), discovery(1), MODELS).instances[0]
+    assert opted_in.env["OLLAMA_NO_CLOUD"] == "0"  # the documented opt-in
     # The writer (every pull goes to it) prunes at its own start.
     assert "OLLAMA_NOPRUNE" not in writer.env and writer.env["OLLAMA_VULKAN"] == "0"
     assert inst.log == tmp_path / "logs" / "gpu1.log"
