@@ -132,7 +132,7 @@ BUSY = "server busy, please try again.  maximum pending requests exceeded"
 def cloud_model(name: str) -> bool:
     """internal/modelref/modelref.go parseSourceSuffix: a last `:cloud`, or a tag ending in
     `-cloud` (gpt-oss:120b-cloud), names a model of ollama.com."""
-    head, sep, suffix = name.strip().rpartition(":")
+    _, sep, suffix = name.strip().rpartition(":")
     suffix = suffix.lower()
     return bool(sep) and "/" not in suffix and (suffix == "cloud" or suffix.endswith("-cloud"))
 
