@@ -3,6 +3,7 @@ not start, and the instance's own log tail that explains a failure."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -10,14 +11,30 @@ import signal
 import socket
 import subprocess
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import psutil
 
-from ollama_fleet.errors import Missing, UserError
+from ollama_fleet.errors import Interrupted, Missing, UserError
 from ollama_fleet.state import ProcessRecord
 from ollama_fleet.waiting import wait_until
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """While inside: SIGINT and SIGTERM raise Interrupted where the program is, so that a
+    command can put back what it changed (SIGTERM would otherwise end it on the spot)."""
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def signal_group(pid: int, sig: int) -> None:
@@ -69,6 +86,41 @@ def is_alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+RELOAD_TIMEOUT = 10.0
+
+
+def workers(master: int | None) -> list[psutil.Process]:
+    """A gateway master's worker processes (nginx, HAProxy in master-worker mode)."""
+    try:
+        return psutil.Process(master).children() if master else []
+    except psutil.Error:
+        return []
+
+
+def _listens(proc: psutil.Process) -> bool:
+    try:
+        return any(c.status == psutil.CONN_LISTEN for c in proc.net_connections(kind="inet"))
+    except psutil.Error:
+        return False  # gone: it listens no more
+
+
+def wait_took_over(master: int, before: set[int], what: str, log: Path) -> None:
+    """After a reload signal: wait until a worker started since listens and none of the
+    workers from `before` does (an old worker stops listening as it begins to finish its
+    streams), so the next request meets the new config. Without this wait a request sent
+    just after `up` said "reloaded" still met the old keys. UserError after RELOAD_TIMEOUT."""
+
+    def took_over() -> bool:
+        now = workers(master)
+        new = [w for w in now if w.pid not in before]
+        return any(map(_listens, new)) and not any(_listens(w) for w in now if w.pid in before)
+
+    if not wait_until(took_over, RELOAD_TIMEOUT, interval=0.01):
+        raise UserError(
+            with_log_tail(f"{what} did not start workers of the new config within {RELOAD_TIMEOUT:g}s", log)
+        )
 
 
 def port_holder(port: int, host: str = "127.0.0.1") -> str | None:

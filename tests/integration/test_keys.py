@@ -150,3 +150,22 @@ def test_status_shows_each_key_name_never_the_key(fleet, tmp_path: Path) -> None
     access_log = (fleet.state / "gateway" / "access.log").read_text()
     for shown in (status.stdout, table, prometheus, up.stdout, up.stderr, used.stdout, usage_table, access_log):
         assert ALICE not in shown and NIGHTLY not in shown
+
+
+@pytest.mark.parametrize("engine", ["nginx", "haproxy"])
+def test_a_reload_is_in_force_when_up_says_so(fleet, tmp_path: Path, engine: str) -> None:
+    """`up` with one keys file, then with another, three times: each time `up` has said
+    "reloaded", the new file's key passes at once and the old one's no longer does (#24 item 9)."""
+    from tests.helpers import gateway_flags, require_tool
+
+    require_tool(engine)
+    files = {ALICE: tmp_path / "alice", NIGHTLY: tmp_path / "nightly"}
+    for key, path in files.items():
+        path.write_text(f"{key} name=someone\n")
+    url, flags = gateway_flags(engine)
+    assert fleet.run("up", *flags, "--api-keys-file", str(files[ALICE])).returncode == 0
+    for new, old in ((NIGHTLY, ALICE), (ALICE, NIGHTLY), (NIGHTLY, ALICE)):
+        swapped = fleet.run("up", *flags, "--api-keys-file", str(files[new]))
+        assert swapped.returncode == 0 and f"gateway: {engine} reloaded" in swapped.stdout, swapped.stderr
+        answers = [httpx.get(url + "/api/tags", headers=auth(key)).status_code for key in (new, old)]
+        assert answers == [200, 401], answers

@@ -126,3 +126,52 @@ def read_flags(fleet) -> list[str]:
     gw = read_gateway(fleet.state)
     metrics = gw.spec["metrics_port"]
     return ["--gateway", "--engine", gw.engine, "--listen", gw.listen, "--metrics-port", str(metrics)]
+
+
+@pytest.mark.parametrize("engine", ["nginx", "haproxy"])
+def test_an_interrupted_roll_puts_the_drained_instance_back(fleet, engine: str) -> None:
+    """SIGTERM while `restart --rolling` drains gpu0 behind a long stream: it exits 143 and
+    gpu0 is back in the gateway, which sends it requests again (#24 item 6)."""
+    import json
+    import signal
+    import subprocess
+
+    from tests.helpers import fake_knobs_as_fleet_env
+
+    fleet.env["FAKE_OLLAMA_TPS"] = "10"
+    url = gateway_up(fleet, engine)
+    # A long stream on each instance, so that draining gpu0 waits.
+    streams = [
+        threading.Thread(
+            target=run_load, args=([url], "qwen3"), kwargs={"concurrency": 2, "requests": 2, "num_predict": 60}
+        )
+    ]
+    for t in streams:
+        t.start()
+    time.sleep(0.5)
+    roll = subprocess.Popen(
+        fleet.argv("restart", "--rolling", "gpu0"),
+        env=fake_knobs_as_fleet_env(dict(fleet.env)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "draining" not in (roll.stdout.readline() if roll.stdout else ""):
+        pass
+    time.sleep(0.3)
+    roll.send_signal(signal.SIGTERM)
+    _, stderr = roll.communicate(timeout=20)
+    for t in streams:
+        t.join()
+    assert roll.returncode == 143, stderr
+    assert "interrupted: gpu0 is back in the gateway" in stderr, stderr
+    if engine == "haproxy":
+        status = json.loads(fleet.run("status", "--json").stdout)
+        states = {i["name"]: i["gateway"]["state"] for i in status["instances"]}
+        assert states["gpu0"] == "UP", states
+    # gpu0 serves again: among a few requests at once, some are answered by it.
+    served = run_load([url], "qwen3", concurrency=4, requests=8, num_predict=2)
+    assert not served.errors
+    answered = httpx.get(fleet.url(0, "/_fake/stats")).json()["served"]
+    assert answered >= 2, answered

@@ -9,12 +9,14 @@ without the drain every stream on it would be cut.
 
 from __future__ import annotations
 
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ollama_fleet import probe
 from ollama_fleet.actions import Progress
-from ollama_fleet.errors import BadInput, UserError
+from ollama_fleet.errors import BadInput, FleetError, Interrupted, UserError
 from ollama_fleet.fleet import Fleet
 
 
@@ -55,20 +57,51 @@ def restart(
     for name in chosen:
         started = time.monotonic()
         say(f"{name}: draining")
-        left = fleet.engine.drain(fleet.drain_home, name, drain_timeout)
-        if left:
-            # Said, not hidden: these streams are cut by the restart.
-            outcome.problems.append(
-                f"{name}: {left} request(s) still in flight after {drain_timeout:g}s; restarted anyway"
-            )
-        say(f"{name}: drained in {time.monotonic() - started:.1f}s; restarting")
-        failed = fleet.restart([name], wait_timeout)
-        if failed:
-            outcome.problems += failed
-            say(f"{name}: did not come back; stopping the roll here (it stays drained)")
-            break
-        outcome.problems += fleet.preload(name, max(wait_timeout, probe.PRELOAD_TIMEOUT))
-        fleet.engine.undrain(fleet.drain_home, name, wait_timeout)
+        try:
+            if not _roll(fleet, name, drain_timeout, wait_timeout, outcome, say):
+                break
+        except (Interrupted, KeyboardInterrupt) as exc:
+            _put_back(fleet, name, progress)
+            raise exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT) from None
         outcome.restarted.append(name)
         say(f"{name}: back in the gateway after {time.monotonic() - started:.1f}s")
     return outcome
+
+
+def _roll(
+    fleet: Fleet, name: str, drain_timeout: float, wait_timeout: float, outcome: Outcome, say: Callable[[str], None]
+) -> bool:
+    """Drain, restart, preload and undrain one instance; False when it did not come back."""
+    assert fleet.engine is not None
+    started = time.monotonic()
+    left = fleet.engine.drain(fleet.drain_home, name, drain_timeout)
+    if left:
+        # Said, not hidden: these streams are cut by the restart.
+        outcome.problems.append(f"{name}: {left} request(s) still in flight after {drain_timeout:g}s; restarted anyway")
+    say(f"{name}: drained in {time.monotonic() - started:.1f}s; restarting")
+    failed = fleet.restart([name], wait_timeout)
+    if failed:
+        outcome.problems += failed
+        say(f"{name}: did not come back; stopping the roll here (it stays drained)")
+        return False
+    outcome.problems += fleet.preload(name, max(wait_timeout, probe.PRELOAD_TIMEOUT))
+    fleet.engine.undrain(fleet.drain_home, name, wait_timeout)
+    return True
+
+
+UNDRAIN_ON_INTERRUPT_S = 5.0
+
+
+def _put_back(fleet: Fleet, name: str, progress: Progress) -> None:
+    """A roll stopped by Ctrl-C or SIGTERM: the instance it was on goes back into the
+    gateway (its health check keeps it out until it answers), or it is said which one is
+    left drained and how to finish it."""
+    assert fleet.engine is not None
+    try:
+        fleet.engine.undrain(fleet.drain_home, name, UNDRAIN_ON_INTERRUPT_S)
+        progress.warn(f"interrupted: {name} is back in the gateway; the instances after it were not restarted")
+    except (FleetError, OSError) as exc:
+        progress.warn(
+            f"interrupted: {name} is left drained ({exc}); `ollama-fleet restart --rolling {name}` "
+            "restarts it and puts it back in the gateway"
+        )

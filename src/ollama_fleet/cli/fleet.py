@@ -103,15 +103,17 @@ def restart_command(
     """Restart instances; --rolling drains each through the gateway first so no stream is cut."""
     from ollama_fleet.actions.restart import restart
     from ollama_fleet.fleet import locate
+    from ollama_fleet.processes import signals_raise
 
-    outcome = restart(
-        locate(cfg.state_path),
-        instances or [],
-        rolling=rolling,
-        drain_timeout=drain_timeout,
-        wait_timeout=wait_timeout,
-        progress=Terminal(),
-    )
+    with signals_raise():  # an interrupted roll puts the instance it drained back
+        outcome = restart(
+            locate(cfg.state_path),
+            instances or [],
+            rolling=rolling,
+            drain_timeout=drain_timeout,
+            wait_timeout=wait_timeout,
+            progress=Terminal(),
+        )
     out().print(f"restarted: {', '.join(outcome.restarted) or 'none'}")
     if outcome.problems:
         raise UserError("\n".join(outcome.problems))

@@ -18,7 +18,7 @@ from ollama_fleet.errors import BadInput, UserError
 from ollama_fleet.gateway import GatewayStats, InstallLayout, KeyStats, ServerStats
 from ollama_fleet.gateway.spec import REDACTED, GatewaySpec, Tls
 from ollama_fleet.keys import queue_context
-from ollama_fleet.processes import require_tool, run_tool, with_log_tail
+from ollama_fleet.processes import require_tool, run_tool, wait_took_over, with_log_tail, workers
 from ollama_fleet.render import RenderedFile, render
 from ollama_fleet.state import open_log, read_gateway
 from ollama_fleet.waiting import wait_until
@@ -161,10 +161,16 @@ class Haproxy:
         return pid
 
     def reload(self, prefix: Path, config: Path) -> None:
+        """SIGUSR2 to the master, which re-reads `config` (checked before we got here) and
+        starts a new worker; returns once that worker listens and the old ones do not, so
+        the next request meets the new config (a request sent a moment after the signal
+        still met the old keys)."""
         pid = self.running(prefix)
         if pid is None:
             raise UserError(f"cannot reload haproxy: no pid file in {prefix}")
-        os.kill(pid, signal.SIGUSR2)  # the master re-reads `config`; checked before we got here
+        before = {w.pid for w in workers(pid)}
+        os.kill(pid, signal.SIGUSR2)
+        wait_took_over(pid, before, "haproxy", prefix / ACCESS_LOG)
 
     def running(self, prefix: Path) -> int | None:
         try:
@@ -217,7 +223,8 @@ class Haproxy:
         for backend in _rows_of(sock, name):
             _set(sock, f"set server {backend}/{name} state ready")
             _set(sock, f"set weight {backend}/{name} 1")
-        if not wait_until(lambda: all(status == "UP" for status in _rows_of(sock, name).values()), timeout):
+        # "no check": the writer's backend, whose pulls need no GPU, checks nothing.
+        if not wait_until(lambda: all(s in ("UP", "no check") for s in _rows_of(sock, name).values()), timeout):
             raise UserError(f"{name} is not UP at HAProxy {timeout:g}s after it was sent requests again")
 
 

@@ -15,7 +15,7 @@ from ollama_fleet.gateway import GatewayStats, InstallLayout
 from ollama_fleet.gateway.lifecycle import redrain
 from ollama_fleet.gateway.spec import REDACTED, GatewaySpec
 from ollama_fleet.keys import tenants
-from ollama_fleet.processes import is_alive, require_tool, run_tool
+from ollama_fleet.processes import is_alive, require_tool, run_tool, wait_took_over, workers
 from ollama_fleet.render import RenderedFile, render
 from ollama_fleet.state import GatewayState, read_gateway
 from ollama_fleet.waiting import wait_until
@@ -137,8 +137,14 @@ class Nginx:
         return pid
 
     def reload(self, prefix: Path, config: Path) -> None:
-        # A graceful reload: new workers take the new config, old ones finish their streams.
+        """A graceful reload: new workers take the new config, old ones finish their streams.
+        Returns once the new workers listen and the old ones do not (processes.wait_took_over):
+        nginx applies a reload (SIGHUP) a moment after `nginx -s reload` returns."""
+        master = self.running(prefix)
+        before = {w.pid for w in workers(master)}
         _run([require_tool("nginx"), "-p", str(prefix), "-c", str(config), "-s", "reload"], "nginx -s reload")
+        if master is not None:
+            wait_took_over(master, before, "nginx", prefix / "logs" / "error.log")
 
     def running(self, prefix: Path) -> int | None:
         try:
@@ -163,25 +169,15 @@ class Nginx:
 
 
 def _reload(engine: Nginx, state_dir: Path, state: GatewayState, drained: tuple[str, ...]) -> list[psutil.Process]:
-    """Re-render with `drained`, reload, and wait until the master runs workers of the new
-    config; returns the workers from before (they finish their requests, then exit).
+    """Re-render with `drained` and reload (which waits until the master runs workers of
+    the new config); returns the workers from before (they finish their requests, then exit).
 
     Waiting for the new workers matters: a reload (SIGHUP) is applied later, and a drain
     that took its snapshot of workers while an undrain's reload was still pending would
     miss the workers that reload starts, and restart an instance they still stream from."""
-    master = state.process.process() if state.process else None
-    old = _workers(master)
+    old = workers(state.process.pid if state.process and state.process.process() else None)
     redrain(engine, state_dir, state, drained)
-    known = {w.pid for w in old}
-    wait_until(lambda: master is None or any(w.pid not in known for w in _workers(master)), 5)
     return old
-
-
-def _workers(master: psutil.Process | None) -> list[psutil.Process]:
-    try:
-        return master.children() if master is not None else []
-    except psutil.Error:
-        return []
 
 
 def _running_state(state_dir: Path) -> GatewayState:
