@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -290,12 +291,13 @@ class CliFleet:
         return f"http://127.0.0.1:{self.base_port + k}{path}"
 
 
-def fail_fast(fleet: CliFleet, engine: str, fault: str, *, requests: int, concurrency: int) -> dict[str, float]:
+def fail_fast(fleet: CliFleet, engine: str, fault: str, *, requests: int, concurrency: int) -> dict[str, Any]:
     """4 one-slot instances behind an `engine` gateway, gpu1 failing every model request at
     once from just before a streamed load (`fault`: "load", a 500 as from a GPU whose memory
     another process took; "busy", a 503 as from a full queue). Returns the requests that
     failed, how long `status` took to call gpu1 failing (exit 1), and how long to call the
-    fleet healthy again once gpu1 works (`detect_s`/`recover_s`: inf when it never did)."""
+    fleet healthy again once gpu1 works (`detect_s`/`recover_s`: inf when it never did), and
+    what `status --json` said on stderr then (`said`)."""
     import json
     import threading
 
@@ -307,11 +309,14 @@ def fail_fast(fleet: CliFleet, engine: str, fault: str, *, requests: int, concur
     url = gateway_up(fleet, engine, "--preload", "llama3.2", FAKE_OLLAMA_FAULTS=str(faults))
     failing = faults / str(fleet.base_port + 1)  # gpu1's port: the fake reads FAULTS/<port>
 
+    said: list[str] = []
+
     def gpu1_healthy() -> bool | None:
         """gpu1's health per `status`, None when `status` disagrees with its own exit code."""
         shown = fleet.run("status", "--json")
         report = json.loads(shown.stdout)
         healthy = next(i["healthy"] for i in report["instances"] if i["name"] == "gpu1")
+        said[:] = [shown.stderr]
         return healthy if (shown.returncode == 0) == report["healthy"] == healthy else None
 
     def until(wanted: bool, start: float, limit: float = 15.0) -> float:
@@ -324,7 +329,7 @@ def fail_fast(fleet: CliFleet, engine: str, fault: str, *, requests: int, concur
     found: dict[str, float] = {}
     failing.write_text(fault)
     start = time.monotonic()
-    watcher = threading.Thread(target=lambda: found.update(detect_s=until(False, start)))
+    watcher = threading.Thread(target=lambda: found.update(detect_s=until(False, start), said=said[0]))
     watcher.start()
     result = run_load([url], "llama3.2", concurrency=concurrency, requests=requests)
     watcher.join()

@@ -212,12 +212,11 @@ def gather_facts(
             return fallback
 
     async def facts_of(client: httpx.AsyncClient, address: str) -> Facts:
+        # The loaded models first: what the check loads again is reported missing first.
+        facts: Facts = await bounded(_facts(client, address), Facts(error="no answer (timed out)"))
         check = checks.get(address)
-        serves = _serves(client, address, check) if check else asyncio.sleep(0, None)
-        facts, why = await asyncio.gather(
-            bounded(_facts(client, address), Facts(error="no answer (timed out)")), bounded(serves, None)
-        )
-        facts.cannot_serve = why if facts.version is not None else None
+        if check and facts.version is not None:
+            facts.cannot_serve = await bounded(_serves(client, address, check), None)
         return facts
 
     async def run() -> tuple[list[Facts], str | None]:

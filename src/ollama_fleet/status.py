@@ -97,6 +97,14 @@ class StatusReport(BaseModel):
         gateway_ok = self.gateway.engine is None or self.gateway.up
         return gateway_ok and all(i.healthy for i in self.instances)
 
+    @property
+    def problems(self) -> list[str]:
+        """Why it is not healthy, a line each."""
+        found = [f"{i.name}: {i.error or 'not healthy'}" for i in self.instances if not i.healthy]
+        if self.gateway.engine is not None and not self.gateway.up:
+            found.append(f"gateway: {self.gateway.engine} does not answer ({self.gateway.error})")
+        return found
+
     def json_data(self) -> dict:
         data = self.model_dump(mode="json")
         data = {"schema": data.pop("schema_"), **data}

@@ -21,4 +21,7 @@ def test_a_failing_instance_costs_no_request_and_status_names_it(fleet, engine: 
     found = fail_fast(fleet, engine, fault, requests=100, concurrency=8)
     assert found["failed"] <= 1 and found["requests"] == 100, found
     assert found["detect_s"] < 5, found
+    # Exit 1 with JSON on stdout still says why, on stderr: Ollama's own error.
+    error = "cudaMalloc failed: out of memory" if fault == "load" else "server busy"
+    assert "error: gpu1: " in found["said"] and error in found["said"], found
     assert found["recover_s"] < 5, found

@@ -185,13 +185,21 @@ def test_preload_honours_placement_and_status_flags_missing_and_stray(fleet) -> 
     by = {i["name"]: i for i in data["instances"]}
     assert by["gpu1"]["placed"] == ["qwen3:latest"] and by["gpu1"]["missing"] == [] and by["gpu0"]["stray"] == []
 
+    def unload_qwen3_from_gpu1() -> None:
+        body = {"model": "qwen3", "prompt": "", "keep_alive": 0, "stream": False}
+        httpx.post(fleet.url(1, "/api/generate"), json=body)
+
     httpx.post(fleet.url(0, "/api/generate"), json={"model": "qwen3", "prompt": "", "stream": False})
-    httpx.post(fleet.url(1, "/api/generate"), json={"model": "qwen3", "prompt": "", "keep_alive": 0, "stream": False})
+    unload_qwen3_from_gpu1()
     result = fleet.run("status", "--json")
     data = json.loads(result.stdout)
     by = {i["name"]: i for i in data["instances"]}
     assert by["gpu0"]["stray"] == ["qwen3:latest"] and by["gpu1"]["missing"] == ["qwen3:latest"]
     assert result.returncode == 0  # flagged, but every instance answers
+    # status proved gpu1 serves by loading its first model, qwen3, as `up` placed it (kept forever).
+    qwen3 = {m["name"]: m for m in httpx.get(fleet.url(1, "/api/ps")).json()["models"]}["qwen3:latest"]
+    assert qwen3["expires_at"] > "2200"
+    unload_qwen3_from_gpu1()
     table = fleet.run("status").stdout
     assert "stray" in table and "missing" in table
 

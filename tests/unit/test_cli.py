@@ -201,3 +201,29 @@ def test_main_builds_only_the_command_its_first_word_names(
     cli._only(first)
     left = [c.name for c in app.registered_commands] + [g.name for g in app.registered_groups]
     assert left == (kept if kept is not None else everything)
+
+
+def test_a_bug_is_one_line_and_a_file_with_its_traceback(nvml, monkeypatch, tmp_path: Path) -> None:
+    """Not a fleet error but a bug: exit 1, one line naming it and the file that holds the
+    traceback (private), never a raw traceback; --debug shows it too (#24 item 7)."""
+    import re
+    import tempfile
+
+    import ollama_fleet.gpus
+
+    def broken(*_: object, **__: object) -> None:
+        raise ZeroDivisionError("the bug")
+
+    monkeypatch.setattr(ollama_fleet.gpus, "discover", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    nvml(1)
+    result = run("gpus")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "failed unexpectedly (ZeroDivisionError: the bug), a bug" in lines[0], lines
+    crash = Path(re.search(r"the traceback is in (\S+)", lines[0])[1])  # type: ignore[index]
+    assert crash.parent == tmp_path and crash.stat().st_mode & 0o077 == 0
+    assert "Traceback" in crash.read_text() and "ZeroDivisionError: the bug" in crash.read_text()
+    debug = run("gpus", "--debug")
+    assert debug.exit_code == 1 and "Traceback" in debug.stderr and "the bug" in debug.stderr

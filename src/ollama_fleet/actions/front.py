@@ -169,6 +169,16 @@ class FrontStatus:
     def healthy(self) -> bool:
         return self.running and self.stats is not None and all(b.state == "UP" for b in self.stats.boxes.values())
 
+    @property
+    def reasons(self) -> list[str]:
+        """Why it is not healthy, a line each."""
+        if not self.running:
+            return [*self.problems, "the front is not running: `ollama-fleet front up` starts it"]
+        if self.stats is None:
+            return [*self.problems, "the front's HAProxy does not answer on its admin socket"]
+        down = [f"box {name}: {box.state}" for name, box in self.stats.boxes.items() if box.state != "UP"]
+        return [*self.problems, *down]
+
     def json_data(self) -> dict[str, Any]:
         boxes = {box.name: box for box in self.spec.boxes}
         rows = self.stats.boxes if self.stats else {}

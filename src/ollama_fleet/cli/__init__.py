@@ -82,11 +82,48 @@ def command(name: str, group: typer.Typer | None = None) -> Callable[[F], F]:
                     prefix = "[red]error:[/red] " if n == 0 or isinstance(exc, BadInput) else ""
                     err().print(f"{prefix}{escape(line)}", soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from None
+            except (typer.Exit, typer.Abort, typer.exceptions.TyperException):
+                raise  # typer's own ways out: an exit code, Ctrl-C at a prompt, a usage error
+            except Exception as exc:
+                _bug(exc)
+                raise typer.Exit(1) from None
 
         (group or app).command(name)(boundary)
         return func
 
     return register
+
+
+def _bug(exc: Exception) -> None:
+    """Not a FleetError: a bug. One line, and the traceback in a private file to send with
+    the report (with --debug, here too), never a screenful of it."""
+    import os
+    import tempfile
+    import traceback
+
+    from rich.markup import escape
+
+    text = traceback.format_exc()
+    if _verbose:
+        err().print(escape(text), soft_wrap=True)
+    fd, path = tempfile.mkstemp(prefix="ollama-fleet-crash-", suffix=".log")  # 0600, a new file
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    err().print(
+        f"[red]error:[/red] ollama-fleet failed unexpectedly ({escape(said)}), a bug; "
+        f"the traceback is in {path} (--debug shows it here)",
+        soft_wrap=True,
+    )
+
+
+def fail(reasons: list[str]) -> None:
+    """Exit 1, having said why: one line per reason on stderr (a report's problems)."""
+    from rich.markup import escape
+
+    for reason in reasons or ["unhealthy"]:
+        err().print(f"[red]error:[/red] {escape(reason)}", soft_wrap=True)
+    raise typer.Exit(1)
 
 
 def warn(message: str) -> None:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ollama_fleet.cli import Terminal, command, out, warn, with_status
+from ollama_fleet.cli import Terminal, command, fail, out, warn, with_status
 from ollama_fleet.cli.options import GATEWAY_SETTINGS, INSTANCE_SETTINGS, JsonOpt, StopTimeoutOpt, with_settings
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import BadInput, UserError
@@ -176,6 +176,8 @@ def status_command(
             print(text, end="")
         else:
             write_atomic(output, text)
+        if not report.healthy:
+            fail(report.problems)  # the table says it itself, under the instances
     if not report.healthy:
         raise typer.Exit(1)
 

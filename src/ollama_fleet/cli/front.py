@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ollama_fleet.cli import Terminal, app, command, out, warn, with_status
+from ollama_fleet.cli import Terminal, app, command, fail, out, warn, with_status
 from ollama_fleet.cli.fleet import Format, register_usage, watch_view
 from ollama_fleet.cli.options import StopTimeoutOpt, with_settings
 from ollama_fleet.config import FleetConfig
@@ -97,8 +97,8 @@ def front_status_command(
         out().print(front_view(data))
     else:
         print(json.dumps(data, indent=2) if shape is Format.json else front_prometheus(data), end="\n")
-    if not report.healthy:
-        raise typer.Exit(1)
+    if not report.healthy:  # the warnings above said the problems; then what else is wrong
+        fail(report.reasons[len(report.problems) :] if shape is Format.table else report.reasons)
 
 
 @command("render", group=front_app)

@@ -84,7 +84,7 @@ ConfigOpt = Annotated[
         show_default=False,
     ),
 ]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="show tracebacks of errors")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "--debug", "-v", help="show tracebacks of errors")]
 StopTimeoutOpt = Annotated[float, typer.Option("--timeout", help="seconds between SIGTERM and SIGKILL", min=0)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output (schema in the README)")]
 
