@@ -182,6 +182,7 @@ class Engine:
         self.served = 0
         self.loads: dict[str, int] = {}
         self.loaded: dict[str, float] = {}  # model -> expiry (monotonic; inf = forever)
+        self.runner: dict[str, dict] = {}  # model -> the runner options it was loaded with
         self.keep_alive = parse_duration(os.environ.get("OLLAMA_KEEP_ALIVE", "5m"))
 
     def acquire(self) -> bool:
@@ -205,20 +206,30 @@ class Engine:
     def token_time(self) -> float:
         return (1 + CONTENTION * (max(self.busy, 1) - 1)) / TPS
 
-    def load(self, model: str, keep_alive: float | None) -> float:
-        """Load (or refresh) a model; returns the seconds spent loading."""
+    def load(self, model: str, keep_alive: float | None, options: dict | None = None) -> float:
+        """Load (or refresh) a model; returns the seconds spent loading. A request whose
+        runner options differ from those the model was loaded with reloads it (server/sched.go
+        runnerRef.needsReload compares them with reflect.DeepEqual; num_gpu -1 matches any).
+        Raises LoadFailed for a main_gpu this instance does not have (llm/llama_server.go
+        passes it as --main-gpu, and llama-server exits)."""
+        runner = runner_options(options or {})
+        main_gpu = runner.get("main_gpu")
+        if main_gpu is not None and not (isinstance(main_gpu, int) and 0 <= main_gpu < max(DEVICES, 1)):
+            raise LoadFailed(f"llama-server process has terminated: main_gpu {main_gpu} is not a device of this runner")
         expiry = time.monotonic() + (self.keep_alive if keep_alive is None else keep_alive)
         with self.lock:
             self._expire()
-            if model in self.loaded:
+            if model in self.loaded and self.runner.get(model) == runner:
                 self.loaded[model] = expiry
                 return 0.0
+            self.loaded.pop(model, None)  # loaded with other runner options: reloaded
             while len(self.loaded) >= MAX_LOADED:  # evict the one expiring first
                 self.loaded.pop(min(self.loaded, key=self.loaded.__getitem__))
             self.loads[model] = self.loads.get(model, 0) + 1
         time.sleep(LOAD_S)
         with self.lock:
             self.loaded[model] = expiry
+            self.runner[model] = runner
         return LOAD_S
 
     def _expire(self) -> None:
@@ -249,6 +260,22 @@ class Engine:
                     }
                 )
             return result
+
+
+# api/types.go Runner: the options a model is loaded with, not per request.
+RUNNER_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "use_mmap")
+DEVICES = 1  # the devices this instance found (discover() sets it)
+
+
+class LoadFailed(Exception):
+    pass
+
+
+def runner_options(options: dict) -> dict:
+    runner = {k: options[k] for k in RUNNER_OPTIONS if k in options}
+    if isinstance(runner.get("num_gpu"), int) and runner["num_gpu"] < 0:
+        del runner["num_gpu"]  # "Don't reload runner if num_gpu=-1 was provided"
+    return runner
 
 
 def parse_duration(value: object) -> float:
@@ -548,14 +575,20 @@ class Handler(BaseHTTPRequestHandler):
             # right after scheduleRunner, before any completion takes one of the runner's
             # slots (server/routes.go GenerateHandler, ChatHandler, EmbedHandler; the slot
             # is llm/llama_server.go's s.sem, acquired in Completion and Embedding).
-            load = ENGINE.load(model, keep_alive)
+            try:
+                load = ENGINE.load(model, keep_alive, body.get("options"))
+            except LoadFailed as exc:
+                return self._error(kind, 500, str(exc))
             if kind in ("embed", "openai-embed"):
                 return self._embed(kind, model, body)
             return self._generate(kind, model, body, load)
         if not ENGINE.acquire():
             return self._error(kind, 503, BUSY)
         try:
-            load = ENGINE.load(model, keep_alive)
+            try:
+                load = ENGINE.load(model, keep_alive, body.get("options"))
+            except LoadFailed as exc:
+                return self._error(kind, 500, str(exc))
             if kind in ("embed", "openai-embed"):
                 return self._embed(kind, model, body)
             if kind in ("responses", "messages"):
@@ -895,6 +928,8 @@ def discover() -> None:
         "Vulkan": ("0.0", "ollama,vulkan", "0.0", "24.0 GiB", "23.6 GiB"),
     }
     found = [("CUDA", token, pci) for token, _uuid, pci in cuda] + [("Vulkan", k, pci) for k, pci in vulkan]
+    global DEVICES
+    DEVICES = len(found)
     for library in backends:
         for n, (_lib, filter_id, pci) in enumerate(d for d in found if d[0] == library):
             compute, libdirs, driver, total, available = backends[library]

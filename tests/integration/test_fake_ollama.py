@@ -376,3 +376,28 @@ def test_a_pull_streams_progress_and_every_instance_sharing_the_models_dir_has_t
         assert quiet.status_code == 500 and quiet.json() == {"error": "pull model manifest: file does not exist"}
     finally:
         stop(procs)
+
+
+def test_a_changed_runner_option_reloads_the_model_and_a_main_gpu_it_lacks_fails() -> None:
+    """server/sched.go runnerRef.needsReload: other runner options (num_ctx, main_gpu even
+    as 0 when loaded without one, num_gpu but -1) reload the model; a main_gpu at or past
+    the instance's device count fails the load with a 500."""
+    base, procs = start_instances(1, CUDA_VISIBLE_DEVICES="0", OLLAMA_VULKAN="0")
+    url = f"http://127.0.0.1:{base}"
+
+    def generate(options: dict) -> int:
+        body = {"model": "llama3.2", "prompt": "hi", "stream": False, "options": options}
+        return httpx.post(url + "/api/generate", json=body, timeout=10).status_code
+
+    def loads() -> int:
+        return httpx.get(url + "/_fake/stats").json()["loads"]["llama3.2:latest"]
+
+    try:
+        assert generate({}) == 200 and loads() == 1
+        assert generate({"num_gpu": -1}) == 200 and loads() == 1  # -1 matches whatever is loaded
+        assert generate({"num_ctx": 8192}) == 200 and loads() == 2
+        assert generate({"num_ctx": 8192}) == 200 and loads() == 2
+        assert generate({"main_gpu": 0}) == 200 and loads() == 3  # 0, but loaded without one
+        assert generate({"main_gpu": 1}) == 500  # one GPU: device 1 is not there
+    finally:
+        stop(procs)

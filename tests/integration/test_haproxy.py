@@ -324,3 +324,29 @@ def test_a_user_without_access_to_the_admin_socket_is_told_why(tmp_path: Path) -
         assert "admin socket" in said and "mode 0600, root's: run this as root" in said, said
     finally:
         shutil.rmtree(prefix)
+
+
+def test_options_that_reload_a_model_for_everyone_are_refused_by_name(tmp_path: Path) -> None:
+    """options.main_gpu (any value) and options.num_gpu (but -1) would make Ollama reload the
+    model on its instance for everyone (#24 item 3): 400 naming the option, the instance never
+    asked; the rest passes."""
+    base, procs = start_instances(2)
+    gateway = Gateway(base, 2, engine="haproxy")
+    try:
+
+        def generate(options: dict) -> httpx.Response:
+            body = {"model": "llama3.2", "prompt": "hi", "stream": False, "options": options}
+            return httpx.post(gateway.url + "/api/generate", json=body, timeout=10)
+
+        for options, option in (({"main_gpu": 0}, "main_gpu"), ({"num_gpu": 20, "temperature": 0}, "num_gpu")):
+            refused = generate(options)
+            assert refused.status_code == 400 and f"options.{option}" in refused.json()["error"], refused.text
+        assert generate({"num_gpu": -1}).status_code == 200
+        assert generate({"temperature": 0.2}).status_code == 200
+        chat = {"model": "llama3.2", "messages": [], "options": {"main_gpu": 1}}
+        assert httpx.post(gateway.url + "/api/chat", json=chat, timeout=10).status_code == 400
+        requests = sum(httpx.get(f"http://127.0.0.1:{base + k}/_fake/stats").json()["requests"] for k in range(2))
+        assert requests == 2  # only the two that passed reached an instance
+    finally:
+        gateway.close()
+        stop(procs)
