@@ -433,9 +433,20 @@ class Handler(BaseHTTPRequestHandler):
         else:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
+        if self.headers.get("Content-Encoding") == "zstd" and self.route.startswith("/v1/"):
+            # server/cloud_proxy.go cloudPassthroughMiddleware, on every /v1 inference route,
+            # decompresses a zstd body before anything reads it (Codex sends them); other
+            # routes and other encodings are read as they come (and are not JSON then).
+            try:
+                import zstandard  # not in the standard library before Python 3.14
+
+                raw = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+            except Exception:  # zstandard's errors, or no zstandard at all
+                self._json(400, {"error": "failed to decompress request body"})
+                return None
         try:
             body = json.loads(raw or b"{}")
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not even UTF-8 (a gzip body Ollama does not read)
             self._json(400, {"error": "invalid request body"})
             return None
         return body if isinstance(body, dict) else {}

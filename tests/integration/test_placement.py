@@ -214,3 +214,31 @@ def test_placement_routes_through_up_with_haproxy(fleet) -> None:
         for _ in range(6)
     }
     assert names == {"gpu1"}
+
+
+@pytest.mark.parametrize("engine", ["nginx", "haproxy"])
+def test_a_compressed_body_is_routed_never_refused(fleet, engine: str) -> None:
+    """Codex sends zstd bodies; Ollama decompresses them on its /v1 routes (server/cloud_proxy.go).
+    The gateway cannot read the model in them: it passes them on as for an unplaced model,
+    never refuses them (#24 item 5). A gzip body reaches an instance too (Ollama, not the
+    gateway, then says it is no JSON)."""
+    import gzip
+    import sys
+
+    import zstandard
+
+    from tests.helpers import FAKE_OLLAMA
+
+    # The fake under the tests' own Python, which has zstandard (the system's may not).
+    ollama = fleet.state.parent / "ollama"
+    ollama.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_OLLAMA} "$@"\n')
+    ollama.chmod(0o755)
+    extra = ("--models", "llama3.2=gpu1") if engine == "haproxy" else ()
+    url = gateway_up(fleet, engine, "--ollama-bin", str(ollama), *extra)
+    body = json.dumps({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    for encoding, data in (("zstd", zstandard.ZstdCompressor().compress(body)), ("gzip", gzip.compress(body))):
+        headers = {"Content-Encoding": encoding, "Content-Type": "application/json"}
+        answer = httpx.post(url + "/v1/chat/completions", content=data, headers=headers, timeout=10)
+        assert answer.headers.get("x-fleet-instance") in ("gpu0", "gpu1"), (encoding, answer.status_code)
+        expected = 200 if encoding == "zstd" else 400
+        assert answer.status_code == expected, (encoding, answer.text)
