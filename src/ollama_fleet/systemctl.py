@@ -28,7 +28,10 @@ class Systemctl:
         proc = subprocess.run([self.path, *args], capture_output=True, text=True)
         if proc.returncode != 0:
             detail = proc.stderr.strip().splitlines()
-            raise UserError(f"systemctl {' '.join(args)} failed: {detail[-1] if detail else f'exit {proc.returncode}'}")
+            said = detail[-1] if detail else f"exit {proc.returncode}"
+            # "Job for X failed. See systemctl status": what the failed units said instead.
+            failed = [a for a in args if a.endswith(".service") and not self.is_active(a)]
+            raise UserError(f"systemctl {' '.join(args)} failed: {said}" + "".join(map(journal_tail, failed)))
 
     def is_active(self, unit: str) -> bool:
         return subprocess.run([self.path, "is-active", "--quiet", unit], capture_output=True).returncode == 0
@@ -41,7 +44,7 @@ def unit_facts(unit: str) -> dict[str, str]:
     if systemctl is None:
         return {}
     shown = subprocess.run(
-        [systemctl, "show", "-p", "MainPID", "-p", "NRestarts", "-p", "InvocationID", unit],
+        [systemctl, "show", "-p", "MainPID", "-p", "NRestarts", "-p", "InvocationID", "-p", "ActiveState", unit],
         capture_output=True,
         text=True,
     )

@@ -357,3 +357,24 @@ def test_the_operators_path_under_a_real_systemd(box: Container) -> None:
     assert left.strip() == ""
     units = box.run("systemctl", "list-units", "--all", "--no-legend", "ollama-fleet*").stdout
     assert "active" not in units.replace("inactive", ""), units
+
+
+def test_a_binary_that_exits_at_once_fails_the_install_at_once_with_its_journal(box: Container) -> None:
+    """An `ollama` that exits at once: systemd restarts it every 3 s. Installed first, or
+    over a running fleet, install-systemd fails within seconds (two restarts without an
+    answer are a crash loop, not the end of a 60 s wait), with the unit's journal (#24 item 11)."""
+    broken = [("/bin/false" if arg == "/opt/fleet-tests/fake_ollama.py" else arg) for arg in INSTALL]
+    try:
+        for before in ("nothing installed", "a running fleet"):
+            started = time.monotonic()
+            failed = box.run(*broken, check=False, **FAKE_ENV)
+            took = time.monotonic() - started
+            assert failed.returncode == 1, (before, failed.stdout, failed.stderr)
+            assert took < 30, (before, took)  # RestartSec=3: two restarts take ~6 s
+            assert "last lines of journalctl -u ollama-fleet@gpu" in failed.stderr, (before, failed.stderr)
+            if before == "nothing installed":
+                assert "crash loop" in failed.stderr, failed.stderr
+                box.run(FLEET, "uninstall-systemd")
+                box.run(*INSTALL, **FAKE_ENV)  # a good fleet, for the second round
+    finally:
+        box.run(FLEET, "uninstall-systemd", check=False)
