@@ -30,7 +30,7 @@ Each behaviour copied from Ollama names the file and function of ollama/ollama (
 fb30760) it follows.
 
 For tests: GET /_fake/env (the environment it started with), GET /_fake/stats (peak
-concurrency, loads, requests, served).
+concurrency, loads, requests, served, answers by status).
 """
 
 from __future__ import annotations
@@ -183,6 +183,7 @@ class Engine:
         self.loads: dict[str, int] = {}
         self.loaded: dict[str, float] = {}  # model -> expiry (monotonic; inf = forever)
         self.runner: dict[str, dict] = {}  # model -> the runner options it was loaded with
+        self.statuses: dict[str, int] = {}  # status code -> answers sent with it
         self.keep_alive = parse_duration(os.environ.get("OLLAMA_KEEP_ALIVE", "5m"))
 
     def acquire(self) -> bool:
@@ -361,6 +362,11 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # TCP_NODELAY, as Go sets it
 
     # ------------------------------------------------------------ plumbing
+    def send_response(self, code: int, message: str | None = None) -> None:
+        with ENGINE.lock:  # every answer, by status (/_fake/stats), for tests of retries
+            ENGINE.statuses[str(code)] = ENGINE.statuses.get(str(code), 0) + 1
+        super().send_response(code, message)
+
     def log_message(self, format: str, *args: object) -> None:
         # A [GIN]-style access line, like Ollama's log.
         sys.stderr.write(f"[GIN] {datetime.now():%Y/%m/%d - %H:%M:%S} | {self.address_string()} | {format % args}\n")
@@ -504,6 +510,7 @@ class Handler(BaseHTTPRequestHandler):
                 "served": ENGINE.served,
                 "busy": ENGINE.busy,
                 "waiting": ENGINE.waiting,
+                "statuses": ENGINE.statuses,
             },
         }
         if self.route == "/":

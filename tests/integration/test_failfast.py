@@ -25,3 +25,34 @@ def test_a_failing_instance_costs_no_request_and_status_names_it(fleet, engine: 
     error = "cudaMalloc failed: out of memory" if fault == "load" else "server busy"
     assert "error: gpu1: " in found["said"] and error in found["said"], found
     assert found["recover_s"] < 5, found
+
+
+@pytest.mark.parametrize("engine", ["nginx", "haproxy"])
+def test_a_4xx_is_the_clients_own_and_is_never_retried(engine: str) -> None:
+    """An unknown model (404) and a bad body (400) reach one instance once each; a 500 is
+    tried again elsewhere (#24 item 1)."""
+    import httpx
+
+    from tests.helpers import Gateway, start_instances, stop
+
+    base, procs = start_instances(3)
+    gateway = Gateway(base, 3, engine=engine)
+
+    def answers(status: str) -> int:
+        stats = [httpx.get(f"http://127.0.0.1:{base + k}/_fake/stats").json() for k in range(3)]
+        return sum(s["statuses"].get(status, 0) for s in stats)
+
+    try:
+        unknown = httpx.post(gateway.url + "/api/generate", json={"model": "nosuch", "prompt": "hi"}, timeout=10)
+        bad = httpx.post(gateway.url + "/api/chat", content=b"{not json", timeout=10)
+        assert (unknown.status_code, bad.status_code) == (404, 400)
+        assert answers("404") == 1 and answers("400") == 1
+        main_gpu = {"model": "llama3.2", "prompt": "hi", "stream": False, "options": {"main_gpu": 99}}
+        failed = httpx.post(f"http://127.0.0.1:{base}/api/generate", json=main_gpu, timeout=10)
+        assert failed.status_code == 500  # direct: the load fails on every instance alike
+        if engine == "nginx":  # (HAProxy refuses main_gpu itself, before any instance)
+            through = httpx.post(gateway.url + "/api/generate", json=main_gpu, timeout=10)
+            assert through.status_code == 500 and answers("500") == 1 + 3  # tried on all three
+    finally:
+        gateway.close()
+        stop(procs)
