@@ -593,29 +593,27 @@ class Handler(BaseHTTPRequestHandler):
             # right after scheduleRunner, before any completion takes one of the runner's
             # slots (server/routes.go GenerateHandler, ChatHandler, EmbedHandler; the slot
             # is llm/llama_server.go's s.sem, acquired in Completion and Embedding).
-            try:
-                load = ENGINE.load(model, keep_alive, body.get("options"))
-            except LoadFailed as exc:
-                return self._error(kind, 500, str(exc))
-            if kind in ("embed", "openai-embed"):
-                return self._embed(kind, model, body)
-            return self._generate(kind, model, body, load)
+            return self._serve(kind, model, body, keep_alive)
         if not ENGINE.acquire():
             return self._error(kind, 503, BUSY)
         try:
-            try:
-                load = ENGINE.load(model, keep_alive, body.get("options"))
-            except LoadFailed as exc:
-                return self._error(kind, 500, str(exc))
-            if kind in ("embed", "openai-embed"):
-                return self._embed(kind, model, body)
-            if kind in ("responses", "messages"):
-                return self._json(200, self._compat(kind, model, body))
-            self._generate(kind, model, body, load)
+            self._serve(kind, model, body, keep_alive)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away: stop generating, free the slot
         finally:
             ENGINE.release()
+
+    def _serve(self, kind: str, model: str, body: dict, keep_alive: float | None) -> None:
+        """Load the model (a failed load answers 500), then answer the request."""
+        try:
+            load = ENGINE.load(model, keep_alive, body.get("options"))
+        except LoadFailed as exc:
+            return self._error(kind, 500, str(exc))
+        if kind in ("embed", "openai-embed"):
+            return self._embed(kind, model, body)
+        if kind in ("responses", "messages"):
+            return self._json(200, self._compat(kind, model, body))
+        return self._generate(kind, model, body, load)
 
     def _cloud(self, kind: str) -> None:
         """A `:cloud` model is proxied to ollama.com (server/cloud_proxy.go
