@@ -285,7 +285,7 @@ def install_systemd(
     wait: bool,
     progress: Progress,
 ) -> Installed:
-    from ollama_fleet.actions.up import gateway_for, make_plan
+    from ollama_fleet.actions.planning import gateway_for, make_plan
 
     name = cfg.user or DEFAULT_USER
     # The service user's own ~/.ollama/models, not root's (/root is 0700: never theirs).

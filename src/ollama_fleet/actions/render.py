@@ -33,7 +33,7 @@ def render_gateway(
     check: bool,
     progress: Progress,
 ) -> Rendered:
-    from ollama_fleet.actions.up import make_plan
+    from ollama_fleet.actions.planning import make_plan
 
     root = (checked_path(prefix, "prefix") if prefix else cfg.state_path / "gateway").absolute()
     result = make_plan(cfg, progress)

@@ -151,7 +151,7 @@ def status_command(
     ] = None,
 ) -> None:
     """GPUs, instances (pid, uptime, health, version, loaded models) and the gateway; exit 0 when all are healthy."""
-    from ollama_fleet.actions.up import warn_others
+    from ollama_fleet.actions.planning import warn_others
     from ollama_fleet.cli.metrics import prometheus
     from ollama_fleet.cli.status_views import status_view
     from ollama_fleet.state import write_atomic

@@ -51,7 +51,7 @@ def gpus_command(cfg: FleetConfig, *, json_: JsonOpt = False) -> None:
 @with_settings("gpus", "gpus_per_instance", "base_port", "models_dir", "keep_alive", "state_dir", "env", "models")
 def plan_command(cfg: FleetConfig, *, json_: JsonOpt = False) -> None:
     """Show the instances `up` would start; starts nothing."""
-    from ollama_fleet.actions.up import make_plan
+    from ollama_fleet.actions.planning import make_plan
     from ollama_fleet.cli.views import plan_view, print_json
     from ollama_fleet.plan import plan_json
 
