@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_FAILED = 1  # an operation failed: an unhealthy instance, a taken port, `nginx -t`
 EXIT_BAD_INPUT = 2  # an invalid flag, environment variable or config value
 EXIT_MISSING = 3  # the environment lacks something: NVML, the ollama binary, the models dir

@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import psutil
 from pydantic import BaseModel, ValidationError
@@ -134,7 +134,6 @@ class InstanceState(BaseModel):
     pid: int | None = None
     create_time: float | None = None
     started_at: float | None = None  # wall clock, for uptime
-    status: Literal["running", "backoff", "stopped"] = "running"
     exits: int = 0  # how many times it exited (or failed to start) under this supervisor
     last_exit: str | None = None
     # The devices this start of Ollama said it uses ("inference compute"); None until then.

@@ -1,7 +1,7 @@
 """Start, watch and stop instances: process groups, readiness, restarts with backoff, logs.
 
 One `Supervisor` runs either attached (`up --foreground`) or as the background process `up`
-starts (`ollama-fleet supervise`): the same code both ways. It is the only writer of
+forks (launch_background, named `ollama-fleet supervisor` in ps): the same code both ways. It is the only writer of
 supervisor.json and the parent of every instance, so it can reap and restart them.
 """
 
@@ -253,7 +253,6 @@ class Supervisor:
                 pid=record.pid if record else None,
                 create_time=record.create_time if record else None,
                 started_at=child.started_at if running else None,
-                status="running" if running else "backoff",
                 exits=child.exits,
                 last_exit=child.last_exit,
                 devices=child.devices if running else None,

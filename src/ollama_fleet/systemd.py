@@ -138,12 +138,3 @@ def read_manifest(root: Path = Path("/")) -> Manifest | None:
 
 def _digest(content: str) -> str:
     return hashlib.sha256(content.encode()).hexdigest()
-
-
-# ------------------------------------------------------------------ systemctl (the seam)
-
-
-# ------------------------------------------------------------------ install / uninstall
-
-
-# ------------------------------------------------------------------ the service user

@@ -18,16 +18,3 @@ class Progress(Protocol):
 
     def status(self, line: str) -> None:
         """The one live line of a wait ("waiting for instances: 3/8 answer")."""
-
-
-class Quiet:
-    """A Progress that says nothing (tests, and verbs called by other verbs)."""
-
-    def say(self, line: str) -> None:
-        pass
-
-    def warn(self, line: str) -> None:
-        pass
-
-    def status(self, line: str) -> None:
-        pass
