@@ -94,7 +94,9 @@ class FleetConfig(BaseModel):
         None,
         description="state, logs and gateway files (default /var/lib/ollama-fleet as root, else $XDG_STATE_HOME/ollama-fleet)",
     )
-    wait_timeout: float = Field(60, gt=0, le=3600, description="seconds `up` waits for each instance to answer")
+    wait_timeout: float = Field(
+        60, gt=0, le=3600, description="seconds `up`, `restart` and `install-systemd` wait for each instance to answer"
+    )
     preload: tuple[Model, ...] = Field((), description="models to load on every instance after start (repeatable)")
     env: dict[str, str] = Field({}, description="extra environment for every instance, `KEY=VALUE` (repeatable)")
     env_file: SafePath | None = Field(

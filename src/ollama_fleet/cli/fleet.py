@@ -85,7 +85,11 @@ def down_command(
 
 
 @command("restart")
-@with_settings("state_dir")
+@with_settings(
+    "state_dir",
+    "wait_timeout",
+    help_overrides={"wait_timeout": "seconds to wait for a restarted instance to answer (default: 60)"},
+)
 def restart_command(
     cfg: FleetConfig,
     instances: InstancesArg = None,
@@ -96,9 +100,6 @@ def restart_command(
     drain_timeout: Annotated[
         float, typer.Option("--drain-timeout", help="seconds to wait for an instance's requests to finish", min=0)
     ] = 600.0,
-    wait_timeout: Annotated[
-        float, typer.Option("--wait-timeout", help="seconds to wait for a restarted instance to answer", min=1)
-    ] = 60.0,
 ) -> None:
     """Restart instances; --rolling drains each through the gateway first so no stream is cut."""
     from ollama_fleet.actions.restart import restart
@@ -111,7 +112,7 @@ def restart_command(
             instances or [],
             rolling=rolling,
             drain_timeout=drain_timeout,
-            wait_timeout=wait_timeout,
+            wait_timeout=cfg.wait_timeout,
             progress=Terminal(),
         )
     out().print(f"restarted: {', '.join(outcome.restarted) or 'none'}")

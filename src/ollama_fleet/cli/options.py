@@ -59,9 +59,9 @@ INSTANCE_SETTINGS = (
     "env_file",
     "models",
 )
-GATEWAY_SETTINGS = (
-    "gateway",
-    "engine",
+# What a gateway serves, whichever command renders it (render-* has no --gateway/--engine:
+# the command names the engine).
+SERVED_SETTINGS = (
     "listen",
     "allow",
     "server_names",
@@ -74,6 +74,7 @@ GATEWAY_SETTINGS = (
     "metrics_port",
     "name",
 )
+GATEWAY_SETTINGS = ("gateway", "engine", *SERVED_SETTINGS)
 
 ConfigOpt = Annotated[
     Path | None,

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ollama_fleet.cli import Terminal, command, err, out, with_status
-from ollama_fleet.cli.options import GATEWAY_SETTINGS, INSTANCE_SETTINGS, JsonOpt, with_settings
+from ollama_fleet.cli.options import GATEWAY_SETTINGS, INSTANCE_SETTINGS, SERVED_SETTINGS, JsonOpt, with_settings
 from ollama_fleet.config import FleetConfig
 
 OutputOpt = Annotated[
@@ -72,7 +72,7 @@ RENDER_SETTINGS = (
     "env",
     "models",
     "preload",
-    *GATEWAY_SETTINGS[2:],
+    *SERVED_SETTINGS,
 )
 
 
