@@ -64,8 +64,9 @@ class Fleet:
     def gateway(self) -> GatewayFacts:
         raise NotImplementedError
 
-    def restart(self, names: list[str], timeout: float) -> list[str]:
-        """Restart these instances and wait until they answer; returns problems."""
+    def restart(self, names: list[str], timeout: float) -> dict[str, str]:
+        """Restart these instances and wait until they answer; returns those that did not,
+        each with why."""
         raise NotImplementedError
 
     def loads(self, name: str) -> list[tuple[str, str, str]]:
@@ -134,7 +135,7 @@ class UpFleet(Fleet):
             engine=gw.engine, listen=gw.listen, url=gw.url, pid=live.pid if live else None, prefix=gw.prefix
         )
 
-    def restart(self, names: list[str], timeout: float) -> list[str]:
+    def restart(self, names: list[str], timeout: float) -> dict[str, str]:
         supervisor = live_supervisor(self.home)
         if supervisor is None:
             raise UserError(f"the fleet's supervisor is not running; run `ollama-fleet up` in {self.home}")
@@ -146,7 +147,7 @@ class UpFleet(Fleet):
         subset = self.desired.model_copy(
             update={"instances": tuple(i for i in self.desired.instances if i.name in names)}
         )
-        return list(wait_ready(self.home, subset, timeout, tick=lambda: None).failed.values())
+        return wait_ready(self.home, subset, timeout, tick=lambda: None).failed
 
     def address(self, name: str) -> str:
         return next(i.address for i in self.desired.instances if i.name == name)
@@ -204,7 +205,7 @@ class SystemdFleet(Fleet):
             return GatewayFacts(engine=None, reason="not installed")
         return GatewayFacts(engine=gw.engine, listen=gw.listen, url=gw.url, prefix=gw.prefix)
 
-    def restart(self, names: list[str], timeout: float) -> list[str]:
+    def restart(self, names: list[str], timeout: float) -> dict[str, str]:
         from ollama_fleet.processes import find_tool
 
         Systemctl(find_tool("systemctl"))("restart", *map(unit_of, names))
@@ -216,9 +217,8 @@ class SystemdFleet(Fleet):
                     pending.pop(name)
             return not pending
 
-        if wait_until(answered, timeout, interval=0.1):
-            return []
-        return [f"{n} did not answer GET /api/version within {timeout:g}s after its restart" for n in pending]
+        wait_until(answered, timeout, interval=0.1)
+        return {n: f"{n} did not answer GET /api/version within {timeout:g}s after its restart" for n in pending}
 
     def address(self, name: str) -> str:
         return next(m.address for m in self.manifest.instances if m.name == name)

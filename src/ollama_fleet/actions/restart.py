@@ -42,10 +42,11 @@ def restart(
     outcome = Outcome()
     if not rolling:
         say(f"restarting {', '.join(chosen)}")
-        outcome.problems += fleet.restart(chosen, wait_timeout)
-        for name in chosen:
+        failed = fleet.restart(chosen, wait_timeout)
+        outcome.problems += failed.values()
+        outcome.restarted = [n for n in chosen if n not in failed]
+        for name in outcome.restarted:
             outcome.problems += fleet.preload(name, max(wait_timeout, probe.PRELOAD_TIMEOUT))
-        outcome.restarted = [n for n in chosen if not any(p.startswith(n + " ") for p in outcome.problems)]
         return outcome
     if fleet.engine is None:
         raise UserError(
@@ -81,7 +82,7 @@ def _roll(
     say(f"{name}: drained in {time.monotonic() - started:.1f}s; restarting")
     failed = fleet.restart([name], wait_timeout)
     if failed:
-        outcome.problems += failed
+        outcome.problems += failed.values()
         say(f"{name}: did not come back; stopping the roll here (it stays drained)")
         return False
     outcome.problems += fleet.preload(name, max(wait_timeout, probe.PRELOAD_TIMEOUT))
