@@ -47,6 +47,7 @@ class GatewayFacts:
     url: str | None = None
     pid: int | None = None
     prefix: Path | None = None  # its runtime files (an admin socket)
+    unit: str | None = None  # the systemd unit that serves it (an installed fleet)
 
 
 class Fleet:
@@ -203,7 +204,7 @@ class SystemdFleet(Fleet):
         gw = self.manifest.gateway
         if gw is None:
             return GatewayFacts(engine=None, reason="not installed")
-        return GatewayFacts(engine=gw.engine, listen=gw.listen, url=gw.url, prefix=gw.prefix)
+        return GatewayFacts(engine=gw.engine, listen=gw.listen, url=gw.url, prefix=gw.prefix, unit=gw.unit or None)
 
     def restart(self, names: list[str], timeout: float) -> dict[str, str]:
         from ollama_fleet.processes import find_tool

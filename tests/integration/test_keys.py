@@ -169,3 +169,12 @@ def test_a_reload_is_in_force_when_up_says_so(fleet, tmp_path: Path, engine: str
         assert swapped.returncode == 0 and f"gateway: {engine} reloaded" in swapped.stdout, swapped.stderr
         answers = [httpx.get(url + "/api/tags", headers=auth(key)).status_code for key in (new, old)]
         assert answers == [200, 401], answers
+
+
+def test_usage_names_the_engine_that_keeps_a_request_log(fleet) -> None:
+    """nginx writes no per-key request log: `usage` says so, and which engine does."""
+    from tests.helpers import gateway_up
+
+    gateway_up(fleet, "nginx")
+    used = fleet.run("usage")
+    assert used.returncode == 1 and "(nginx) does not keep; run it with --engine haproxy" in used.stderr, used.stderr

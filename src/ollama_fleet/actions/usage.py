@@ -97,19 +97,22 @@ def _read(path: Path) -> list[str]:
 def log_lines(state_dir: Path, since: int) -> list[str]:
     """The gateway's log: `up`'s access.log, else the journal of the installed gateway's unit."""
     from ollama_fleet.fleet import locate
-    from ollama_fleet.gateway.haproxy import UNIT
+    from ollama_fleet.gateway import ENGINES, engine_named
 
     fleet = locate(state_dir)
     gateway = fleet.gateway()
-    if gateway.engine != "haproxy":
+    if gateway.engine is None or not engine_named(gateway.engine).logs_requests:
+        logging = " or ".join(f"--engine {e}" for e in ENGINES if engine_named(e).logs_requests)
         raise UserError(
-            "usage reads HAProxy's log of requests per key name; this fleet's gateway is "
-            f"{gateway.engine or 'none'} (run it with --engine haproxy)"
+            "usage reads the gateway's log of requests per key name, which this fleet's gateway "
+            f"({gateway.engine or 'none'}) does not keep; run it with {logging}"
         )
     if fleet.source == "up":
         assert gateway.prefix is not None
         return _read(gateway.prefix / ACCESS_LOG)
-    return journal_since(UNIT, since)
+    if gateway.unit is None:  # a manifest from before units were recorded
+        raise UserError("the install manifest does not name the gateway's unit: run install-systemd again")
+    return journal_since(gateway.unit, since)
 
 
 def front_log_lines(state_dir: Path, since: int) -> list[str]:

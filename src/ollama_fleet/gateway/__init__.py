@@ -26,6 +26,8 @@ class Engine(Protocol):
     # Whether `restart --rolling` of a systemd fleet can drain through it: a gateway of the
     # fleet's own (HAProxy), not the system's shared nginx.
     drains_installed: bool
+    # Whether it writes one JSON line per request naming the key's name (`usage` reads them).
+    logs_requests: bool
 
     def ports(self, spec: GatewaySpec) -> dict[str, tuple[str, int]]:
         """The ports it binds, by the setting that chooses each: {"listen": (host, port), ...}."""
@@ -120,6 +122,9 @@ class InstallLayout:
     def manifest(self) -> dict[str, Any]:
         """What the install manifest keeps of it, so later commands find and steer it."""
         return {"prefix": self.runtime_dir, "unit": self.unit, "owned": self.owned}
+
+
+ENGINES = ("nginx", "haproxy")
 
 
 def engine_named(name: str) -> Engine:

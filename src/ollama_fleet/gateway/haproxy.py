@@ -67,6 +67,7 @@ class Haproxy:
     always_complete = True
     check_command = "haproxy -c"
     drains_installed = True  # its runtime API, in RUN_DIR
+    logs_requests = True  # its log-format: access.log under `up`, the unit's journal under systemd
 
     def ports(self, spec: GatewaySpec) -> dict[str, tuple[str, int]]:
         return {"listen": (spec.listen.host, spec.listen.port), "metrics_port": ("127.0.0.1", spec.metrics_port)}

@@ -36,6 +36,7 @@ class Nginx:
     always_complete = False
     check_command = "nginx -t"
     drains_installed = False  # the system's nginx serves others too: `restart --rolling` leaves it alone
+    logs_requests = False
 
     def ports(self, spec: GatewaySpec) -> dict[str, tuple[str, int]]:
         return {"listen": (spec.listen.host, spec.listen.port)}
