@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from ollama_fleet.processes import listener
 from ollama_fleet.readiness import wait_ready
 from ollama_fleet.state import DESIRED, read_actual, read_desired, read_gateway, write_model
 from ollama_fleet.supervisor import live_supervisor
-from ollama_fleet.systemctl import Systemctl, journal_lines, unit_facts
+from ollama_fleet.systemctl import Systemctl, journal_lines, journal_tail, unit_facts
 from ollama_fleet.systemd import MANIFEST, read_manifest, unit_of
 from ollama_fleet.values import Placement
 from ollama_fleet.waiting import wait_until
@@ -210,16 +212,7 @@ class SystemdFleet(Fleet):
         from ollama_fleet.processes import find_tool
 
         Systemctl(find_tool("systemctl"))("restart", *map(unit_of, names))
-        pending = {m.name: m.address for m in self.manifest.instances if m.name in names}
-
-        def answered() -> bool:
-            for name, version in zip(list(pending), probe.versions(list(pending.values())).values(), strict=True):
-                if version is not None:
-                    pending.pop(name)
-            return not pending
-
-        wait_until(answered, timeout, interval=0.1)
-        return {n: f"{n} did not answer GET /api/version within {timeout:g}s after its restart" for n in pending}
+        return wait_installed({m.name: m.address for m in self.manifest.instances if m.name in names}, timeout)
 
     def address(self, name: str) -> str:
         return next(m.address for m in self.manifest.instances if m.name == name)
@@ -235,6 +228,49 @@ class SystemdFleet(Fleet):
 
     def log_sources(self, names: list[str]) -> dict[str, Path | list[str]]:
         return {n: ["journalctl", "-u", unit_of(n), "-o", "cat", "--no-pager"] for n in names}
+
+
+CRASH_LOOP = 2  # restarts of a unit without an answer that make a crash loop
+
+
+def restarts_of(name: str) -> int:
+    """How often systemd restarted the instance's unit (NRestarts)."""
+    restarts = unit_facts(unit_of(name)).get("NRestarts", "")
+    return int(restarts) if restarts.isdigit() else 0
+
+
+def wait_installed(
+    pending: dict[str, str],
+    timeout: float,
+    *,
+    versions: Callable[[list[str]], dict[str, str | None]] = probe.versions,
+    restarts: Callable[[str], int] = restarts_of,
+    explain: Callable[[str], str] = lambda name: journal_tail(unit_of(name)),
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, str]:
+    """Until every instance of an installed fleet (name -> address) answers GET /api/version:
+    returns those that did not, each with why and its journal (`explain`). A unit that
+    systemd restarted CRASH_LOOP times meanwhile is a crash loop, which ends the wait at once
+    instead of at its end (an `ollama` that exits at once restarts every RestartSec=3)."""
+    waiting = dict(pending)
+    before = {name: restarts(name) for name in waiting}
+    looping: dict[str, int] = {}
+
+    def answered() -> bool:
+        for (name, _), version in zip(list(waiting.items()), versions(list(waiting.values())).values(), strict=True):
+            if version is not None:
+                waiting.pop(name)
+        looping.update({n: r for n in waiting if (r := restarts(n) - before[n]) >= CRASH_LOOP})
+        return not waiting or bool(looping)
+
+    wait_until(answered, timeout, interval=0.2, clock=clock, sleep=sleep)
+    if looping:
+        return {
+            n: f"{n} exited and was restarted {r} times without answering (a crash loop){explain(n)}"
+            for n, r in looping.items()
+        }
+    return {n: f"{n} did not answer GET /api/version within {timeout:g}s{explain(n)}" for n in waiting}
 
 
 def _process(pid: int) -> psutil.Process | None:

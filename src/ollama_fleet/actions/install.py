@@ -16,12 +16,13 @@ from ollama_fleet import accounts, pinning, probe
 from ollama_fleet.actions import Progress
 from ollama_fleet.config import FleetConfig
 from ollama_fleet.errors import Missing, UserError
+from ollama_fleet.fleet import wait_installed
 from ollama_fleet.gateway import InstallLayout
 from ollama_fleet.plan import Instance, ModelsDir, loads
 from ollama_fleet.processes import find_tool, resolve_binary
 from ollama_fleet.render import RenderedFile
 from ollama_fleet.state import write_atomic
-from ollama_fleet.systemctl import Systemctl, journal_lines, journal_tail, unit_facts
+from ollama_fleet.systemctl import Systemctl, journal_lines, journal_tail
 from ollama_fleet.systemd import (
     CONF_DIR,
     DEFAULT_USER,
@@ -40,7 +41,6 @@ from ollama_fleet.systemd import (
     unit_of,
 )
 from ollama_fleet.values import Placement
-from ollama_fleet.waiting import wait_until
 
 
 def wait_started(
@@ -49,55 +49,22 @@ def wait_started(
     """After `enable --now`: every instance answers GET /api/version on its own GPUs (its
     journal's "inference compute" lines) and the gateway answers, within `timeout`; else
     what did not, with its journal's last lines."""
-    pending = {i.address: i for i in instances}
     deadline = time.monotonic() + timeout
-    restarts_before = {a: _restarts(unit_of(i.name)) for a, i in pending.items()}
-    looping: dict[str, int] = {}
-
-    def answered() -> bool:
-        for address, version in probe.versions(list(pending), timeout=1.0).items():
-            if version is not None:
-                pending.pop(address)
-        # A unit systemd restarted twice without an answer is a crash loop: said now, not
-        # at the end of the wait.
-        for address, inst in pending.items():
-            restarts = _restarts(unit_of(inst.name)) - restarts_before[address]
-            if restarts >= CRASH_LOOP:
-                looping[address] = restarts
-        return not pending or bool(looping)
-
-    wait_until(answered, timeout, interval=0.2)
-    problems = [
-        (
-            f"{i.name} exited and was restarted {looping[a]} times without answering (a crash loop)"
-            if a in looping
-            else f"{i.name} did not answer GET /api/version within {timeout:g}s"
-        )
-        + journal_tail(unit_of(i.name))
-        for a, i in pending.items()
-        if a in looping or not looping
-    ]
-    answering = [i for i in instances if i.address not in pending]
-    found = {}
-    for inst in answering:
-        lines = journal_lines(unit_of(inst.name))
-        found[inst.name] = pinning.devices(lines) if lines is not None else None
-    wrong, _ = pinning.check(answering, found)
-    problems += [why + journal_tail(unit_of(name)) for name, why in wrong.items()]
-    left = 1.0 if looping else max(1.0, deadline - time.monotonic())  # a crash loop ends the wait
+    failed = wait_installed({i.name: i.address for i in instances}, timeout)
+    problems = list(failed.values())
+    if not failed:  # every instance answers: on its own GPUs?
+        found = {}
+        for inst in instances:
+            lines = journal_lines(unit_of(inst.name))
+            found[inst.name] = pinning.devices(lines) if lines is not None else None
+        wrong, _ = pinning.check(list(instances), found)
+        problems += [why + journal_tail(unit_of(name)) for name, why in wrong.items()]
+    left = 1.0 if failed else max(1.0, deadline - time.monotonic())  # a crash loop ends the wait
     if gateway_url is not None and not probe.gateway_answers(gateway_url, left):
         problems.append(
             f"the gateway did not answer on {gateway_url}{journal_tail(gateway_unit) if gateway_unit else ''}"
         )
     return problems
-
-
-CRASH_LOOP = 2  # restarts without an answer that make a crash loop
-
-
-def _restarts(unit: str) -> int:
-    restarts = unit_facts(unit).get("NRestarts", "")
-    return int(restarts) if restarts.isdigit() else 0
 
 
 @dataclass
